@@ -1,0 +1,116 @@
+"""Strict dataclass <-> dict conversion: unknown keys and wrong types are errors naming the key."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names it (and the file, when known)."""
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass `cls` from plain data, checking every key and type."""
+    return _convert(cls, data, where or cls.__name__)
+
+
+def _convert(kind: Any, value: Any, where: str) -> Any:
+    origin, args = get_origin(kind), get_args(kind)
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        hints = get_type_hints(kind)
+        fields = {f.name for f in dataclasses.fields(kind) if f.init}
+        unknown = sorted(set(value) - fields)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(fields))})")
+        values = {name: _convert(hints[name], item, f"{where}.{name}") for name, item in value.items()}
+        try:
+            return kind(**values)
+        except ConfigError as error:
+            raise ConfigError(f"{where}.{error}") from None
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(option, value, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of the allowed types")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        items = [_convert(args[0], item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return {_convert(args[0], k, where): _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if kind is Any:
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind in (int, float, str, bool) and not (isinstance(value, kind) and not (kind is int and isinstance(value, bool))):
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain data (dicts, lists, scalars) for a dataclass tree."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(item) for item in obj]
+    if isinstance(obj, dict):
+        return {key: to_dict(item) for key, item in obj.items()}
+    return obj
+
+
+def canonical_json(data: Any) -> str:
+    return json.dumps(to_dict(data), sort_keys=True, separators=(",", ":"))
+
+
+def content_hash(*parts: Any) -> str:
+    """A short, stable hash of plain data (used to address stage outputs)."""
+    return hashlib.sha256("\n".join(canonical_json(p) for p in parts).encode()).hexdigest()[:16]
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys for nested mappings: {'a': {'b': 1}} -> {'a.b': 1} (lists stay values)."""
+    data = to_dict(data)
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        flat.update(flatten(value, dotted) if isinstance(value, dict) else {dotted: value})
+    return flat
+
+
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    """Set `a.b.c` in nested plain data, creating mappings on the way."""
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {key!r} is not a mapping")
+    node[leaf] = value
+
+
+def check(condition: bool, key: str, message: str) -> None:
+    """Field validation for __post_init__: raises ConfigError('key: message')."""
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+__all__ = ["ConfigError", "from_dict", "to_dict", "canonical_json", "content_hash", "flatten", "set_dotted", "check"]

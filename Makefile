@@ -28,3 +28,16 @@ test-fast: $(STAMP)
 
 clean:
 	rm -rf $(VENV) autosparse-workspace .pytest_cache
+
+# Local Ray head + MLflow server (see clusters/README.md): `make cluster-up`,
+# `make submit ARGS="smoke"` (or ARGS="--no-wait quickstart"), `make cluster-down`.
+.PHONY: cluster-up submit cluster-down
+
+cluster-up: $(STAMP)
+	scripts/local-cluster-up.sh
+
+submit: $(STAMP)
+	scripts/submit.sh $(ARGS)
+
+cluster-down:
+	scripts/local-cluster-down.sh

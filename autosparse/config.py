@@ -16,7 +16,11 @@ ALL_FEATURES = [
     "w0", "abs_w0", "g0", "snip", "grasp", "synflow",
     "depth", "log_fan_in", "log_fan_out", "kernel_size", "log_layer_size", "layer_kind",
     "w0_z", "g0_z", "log_snip_z", "synflow_z",
+    "log_layer_share", "log_abs_w0_gz", "log_snip_gz", "synflow_gz",
 ]
+# Scale-free features (standardized within the layer or over the whole model). Layer constants such as
+# depth or fan-in let a scorer fitted on a few layers of one model extrapolate badly to another model.
+TRANSFERABLE_FEATURES = ["w0_z", "g0_z", "log_snip_z", "synflow_z", "log_abs_w0_gz", "log_snip_gz", "synflow_gz"]
 
 
 def _positive(value: float, key: str) -> None:
@@ -108,10 +112,8 @@ class ScorerConfig:
 
     name: str = "compact"
     network: str = "compact_mlp"
-    hidden: list[int] = field(default_factory=lambda: [64, 64])
-    features: list[str] = field(default_factory=lambda: ["w0_z", "g0_z", "log_snip_z", "synflow_z", "depth",
-                                                          "log_fan_in", "log_fan_out", "kernel_size", "log_layer_size",
-                                                          "layer_kind"])
+    hidden: list[int] = field(default_factory=lambda: [32, 32])
+    features: list[str] = field(default_factory=lambda: list(TRANSFERABLE_FEATURES))
     loss: Literal["mse", "pairwise", "bce"] = "pairwise"
     bce_density: float = 0.05
     normalization: Literal["standard", "none"] = "standard"

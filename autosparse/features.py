@@ -181,6 +181,39 @@ def synflow_z(ctx: FeatureContext) -> dict[str, Tensor]:
     return {n: standardize(s.double().add(EPSILON).log()) for n, s in ctx.synflow.items()}
 
 
+@feature("log_layer_share")
+def log_layer_share(ctx: FeatureContext) -> dict[str, Tensor]:
+    """log(layer's share of all prunable weights): scale-free across model sizes."""
+    total = sum(p.numel() for p in ctx.params.values())
+    return ctx.layer_constant(lambda i, n, m: math.log(m.weight.numel() / total))
+
+
+def standardize_over_model(values: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Zero mean, unit variance over all prunable weights of the model (keeps cross-layer order)."""
+    flat = torch.cat([v.flatten().double() for v in values.values()])
+    mean, std = flat.mean(), flat.std(unbiased=False) + EPSILON
+    return {n: ((v.double() - mean) / std).float() for n, v in values.items()}
+
+
+@feature("log_abs_w0_gz")
+def log_abs_w0_gz(ctx: FeatureContext) -> dict[str, Tensor]:
+    """log|w0|, standardized over the whole model."""
+    return standardize_over_model({n: p.abs().double().add(EPSILON).log() for n, p in ctx.params.items()})
+
+
+@feature("log_snip_gz")
+def log_snip_gz(ctx: FeatureContext) -> dict[str, Tensor]:
+    """log SNIP saliency, standardized over the whole model."""
+    return standardize_over_model({n: (p * ctx.gradient[n]).abs().double().add(EPSILON).log()
+                                   for n, p in ctx.params.items()})
+
+
+@feature("synflow_gz")
+def synflow_gz(ctx: FeatureContext) -> dict[str, Tensor]:
+    """log SynFlow score, standardized over the whole model."""
+    return standardize_over_model({n: s.double().add(EPSILON).log() for n, s in ctx.synflow.items()})
+
+
 def feature_versions(names: Sequence[str]) -> dict[str, int]:
     return {name: FEATURES.get(name).version for name in names}
 

@@ -1,0 +1,100 @@
+"""The saved AutoS scorer: safetensors weights with a JSON header, usable as a pruning method."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..criteria import ScoringContext, Scores
+from ..features import FEATURES, compute_features
+from ..io import atomic_write
+from ..masks import prunable_parameters
+from .fit import FitResult, Normalization, predict
+from .networks import SCORER_NETWORKS
+
+FORMAT = "autosparse.scorer"
+FORMAT_VERSION = 1
+HEADER_KEY = "autosparse"
+
+
+class ScorerFormatError(ValueError):
+    """The file is not a loadable AutoS scorer for this version of autosparse."""
+
+
+@dataclass
+class Scorer:
+    """A fitted scorer: computes the target model's init features and predicts survival scores."""
+
+    network: nn.Module
+    normalization: Normalization
+    header: dict[str, Any]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f["name"] for f in self.header["features"]]
+
+    def __call__(self, context: ScoringContext) -> Scores:
+        """Score every prunable weight of `context.model` (a pruning method for `autosparse.prune`)."""
+        features = compute_features(context.model, context.batches, self.feature_names, context.input_shape)
+        shapes = {n: p.shape for n, p in prunable_parameters(context.model).items()}
+        return {layer: predict(self.network, self.normalization, matrix).view(shapes[layer])
+                for layer, matrix in features.items()}
+
+    def save(self, path: str | os.PathLike) -> None:
+        tensors = {f"network.{k}": v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
+        tensors["normalization.mean"] = self.normalization.mean.contiguous()
+        tensors["normalization.std"] = self.normalization.std.contiguous()
+        metadata = {HEADER_KEY: json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **self.header})}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def scorer_from_fit(result: FitResult, network: str, hidden: list[int], features: list[str],
+                    extra: dict[str, Any]) -> Scorer:
+    header = {
+        "network": network, "hidden": list(hidden),
+        "features": [{"name": n, "version": FEATURES.get(n).version} for n in features],
+        "normalization": {"mean": result.normalization.mean.tolist(), "std": result.normalization.std.tolist()},
+        "metrics": result.best, "train_rows": result.train_rows, "validation_rows": result.validation_rows,
+        **extra,
+    }
+    return Scorer(result.network, result.normalization, header)
+
+
+def load_scorer(path: str | os.PathLike) -> Scorer:
+    """Load and validate a scorer file; clear errors for foreign, truncated or incompatible files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScorerFormatError(f"scorer file {str(path)!r} does not exist")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get(HEADER_KEY)
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ScorerFormatError(f"{str(path)!r} is not a readable scorer file (truncated or foreign: "
+                                f"{str(error).splitlines()[0]})") from None
+    header = json.loads(raw) if raw else {}
+    if header.get("format") != FORMAT:
+        raise ScorerFormatError(f"{str(path)!r} is a safetensors file but not an autosparse scorer")
+    if header.get("format_version") != FORMAT_VERSION:
+        raise ScorerFormatError(f"{str(path)!r} has scorer format version {header.get('format_version')}, "
+                                f"this autosparse reads version {FORMAT_VERSION}")
+    for item in header["features"]:
+        if item["name"] not in FEATURES:
+            raise ScorerFormatError(f"{str(path)!r} uses feature {item['name']!r}, unknown to this autosparse")
+        if FEATURES.get(item["name"]).version != item["version"]:
+            raise ScorerFormatError(f"{str(path)!r} uses feature {item['name']!r} version {item['version']}, "
+                                    f"this autosparse computes version {FEATURES.get(item['name']).version}")
+    network = SCORER_NETWORKS.get(header["network"])(len(header["features"]), header["hidden"])
+    network.load_state_dict({k[len("network."):]: v for k, v in tensors.items() if k.startswith("network.")})
+    network.eval()
+    normalization = Normalization(tensors["normalization.mean"], tensors["normalization.std"])
+    return Scorer(network, normalization, {k: v for k, v in header.items() if k not in ("format", "format_version")})

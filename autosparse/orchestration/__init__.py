@@ -1,0 +1,1 @@
+"""Orchestration: Ray (Train, tasks, Tune) and MLflow around the pure-PyTorch core."""

@@ -1,0 +1,45 @@
+"""Starting or joining Ray with quiet, safe local defaults."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+LOCAL_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    "RAY_DEDUP_LOGS": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+
+
+def set_local_defaults() -> None:
+    """Environment defaults for local runs (an explicit user setting always wins)."""
+    for key, value in LOCAL_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+class RayUnavailableError(RuntimeError):
+    """The Ray cluster given by address could not be joined."""
+
+
+def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, verbose: bool = False) -> None:
+    """Join `address` (or RAY_ADDRESS) if given, else start a local Ray; no-op when already connected."""
+    import ray
+
+    set_local_defaults()
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs = dict(logging_level=logging.INFO if verbose else logging.WARNING, log_to_driver=verbose,
+                  configure_logging=True)
+    if address is None:
+        kwargs.update(num_cpus=num_cpus, include_dashboard=False)
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise RayUnavailableError(f"cannot reach Ray at {address!r}: {str(error).splitlines()[0]}") from None

@@ -207,4 +207,31 @@ def write_report(records: list[CellRecord], folder: Path, title: str) -> tuple[s
     markdown = f"# {title}\n{table}\n" + (f"\n## Layer collapse\n\n{notes}" if notes else "")
     atomic_write(folder / "report.md", lambda tmp: Path(tmp).write_text(markdown))
     atomic_write(folder / "results.csv", lambda tmp: Path(tmp).write_text(csv_text(records)))
+    save_records(records, folder)
     return table, [folder / "report.md", folder / "results.csv", *write_plots(records, summaries, folder)]
+
+
+RECORDS_FILE = "records.json"
+
+
+def save_records(records: list[CellRecord], folder: Path) -> None:
+    from dataclasses import asdict
+
+    from .io import write_json
+
+    write_json(folder / RECORDS_FILE, [asdict(r) for r in records])
+
+
+def regenerate_reports(workspace: Path) -> list[tuple[Path, str]]:
+    """Re-render every report under `<workspace>/reports/` from its saved records."""
+    import json
+
+    found = sorted((workspace / "reports").glob(f"*/{RECORDS_FILE}")) if (workspace / "reports").is_dir() else []
+    if not found:
+        raise FileNotFoundError(f"no reports under {str(workspace)!r}: run `autosparse run` first")
+    out = []
+    for path in found:
+        records = [CellRecord(**r) for r in json.loads(path.read_text())]
+        table, _ = write_report(records, path.parent, f"autosparse report ({path.parent.name})")
+        out.append((path.parent, table))
+    return out

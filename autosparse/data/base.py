@@ -1,6 +1,7 @@
 """In-memory datasets held as tensors on the training device, with batched on-device preprocessing."""
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -96,8 +97,13 @@ def check_data_root(data_root: Path, *, writable: bool) -> None:
 
 
 def load_dataset(name: str, data_root: str | Path = "~/.cache/autosparse/data", download: bool = False) -> Dataset:
-    """Load a registered dataset by name; downloads only when `download` is true."""
+    """Load a registered dataset by name (cached per process); downloads only when `download` is true."""
     loader = DATASETS.get(name)
     root = Path(data_root).expanduser()
     check_data_root(root, writable=download)
+    return _load_cached(name, root, download, loader)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(name: str, root: Path, download: bool, loader: DatasetLoader) -> Dataset:
     return loader(root, download)

@@ -33,10 +33,10 @@ def top_k_iou(predicted: Tensor, survival: Tensor, min_survival: int) -> float:
 
 
 def iou_at_densities(predicted: Tensor, survival: Tensor, rounds: int, prune_fraction: float) -> dict[str, float]:
-    """`iou@10%` etc. for the densities IRP reached in `rounds` rounds."""
+    """`iou_10pct` etc. (top-k IoU at 10% density) for the densities IRP reached in `rounds` rounds."""
     result = {}
     for density in IOU_DENSITIES:
         r = round_for_density(density, prune_fraction)
         if r <= rounds:
-            result[f"iou@{density:.0%}"] = top_k_iou(predicted, survival, r)
+            result[f"iou_{density * 100:.0f}pct"] = top_k_iou(predicted, survival, r)
     return result

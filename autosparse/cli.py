@@ -1,0 +1,185 @@
+"""The `autosparse` command line: run | irp | fit-scorer | matrix | prune | tune | report | ui."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+DEFAULT_WORKSPACE = "./autosparse-workspace"
+EPILOG = "Configs are packaged names (quickstart, smoke, cifar10_resnet18) or paths to YAML files."
+
+
+def _common(parser: argparse.ArgumentParser, config: bool = True, config_required: bool = True) -> None:
+    if config:
+        parser.add_argument("config", nargs=None if config_required else "?", default="quickstart",
+                            help="packaged config name or YAML path" + ("" if config_required else " (default: quickstart)"))
+        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                            help="override a config field, e.g. --set matrix.seeds=[0,1] (repeatable)")
+        parser.add_argument("--ray-address", default=None, help="join this Ray cluster (default: RAY_ADDRESS or a local Ray)")
+        parser.add_argument("--tracking-uri", default=None,
+                            help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or SQLite in the workspace)")
+        parser.add_argument("--force", action="append", default=[], choices=["irp", "scorer", "cell"],
+                            help="delete and rerun this stage's outputs (repeatable)")
+        parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--workspace", default=os.environ.get("AUTOSPARSE_WORKSPACE", DEFAULT_WORKSPACE),
+                        help=f"stage outputs, reports and the MLflow store (default: {DEFAULT_WORKSPACE})")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Ray and MLflow logs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autosparse", epilog=EPILOG,
+        description="Learned pruning at initialization: IRP once, fit an AutoS scorer, prune any model in one shot.")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    run = verbs.add_parser("run", help="the whole job: IRP -> scorers -> generalization matrix -> report",
+                           epilog=EPILOG)
+    _common(run, config_required=False)
+    irp = verbs.add_parser("irp", help="run the config's IRP source chains (survival datasets)", epilog=EPILOG)
+    _common(irp)
+    fit = verbs.add_parser("fit-scorer", help="fit the config's AutoS scorers (runs IRP first if needed)",
+                           epilog=EPILOG)
+    _common(fit)
+    matrix = verbs.add_parser("matrix", help="run the generalization matrix and print its table", epilog=EPILOG)
+    _common(matrix)
+
+    prune = verbs.add_parser("prune", help="prune one model at initialization and save its mask")
+    prune.add_argument("--model", required=True, help="registered model name or package.module:factory")
+    prune.add_argument("--dataset", required=True, help="dataset the model is sized for (and scored on)")
+    prune.add_argument("--method", required=True, help="criterion name or path to a saved AutoS scorer")
+    prune.add_argument("--sparsity", type=float, required=True, help="fraction of prunable weights to remove")
+    prune.add_argument("--scope", choices=["global", "layerwise"], default="global")
+    prune.add_argument("--seed", type=int, default=0, help="model init and scoring seed")
+    prune.add_argument("--batch-size", type=int, default=256, help="training samples used to score")
+    prune.add_argument("--data-root", default="~/.cache/autosparse/data")
+    prune.add_argument("--download", action="store_true", help="allow torchvision downloads")
+    prune.add_argument("--out", default=None, help="save the mask here (torch file)")
+    prune.add_argument("-v", "--verbose", action="store_true")
+
+    tune = verbs.add_parser("tune", help="Ray Tune search over scorer architecture and features")
+    tune.add_argument("space", help="search space YAML (see tuning/scorer_space.yaml)")
+    tune.add_argument("--base", default="quickstart", help="pipeline config whose IRP sources feed the search")
+    tune.add_argument("--ray-address", default=None)
+    tune.add_argument("--tracking-uri", default=None)
+    tune.add_argument("--no-progress", action="store_true")
+    _common(tune, config=False)
+
+    report = verbs.add_parser("report", help="regenerate tables and plots from a workspace")
+    report.add_argument("report_workspace", nargs="?", default=None, metavar="WORKSPACE")
+    _common(report, config=False)
+
+    ui = verbs.add_parser("ui", help="serve the MLflow UI for the workspace on 127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: local only)")
+    _common(ui, config=False)
+    return parser
+
+
+def _quiet(verbose: bool) -> None:
+    import logging
+    import warnings
+
+    from .orchestration.runtime import set_local_defaults
+
+    set_local_defaults()
+    if not verbose:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+        for name in ("ray", "mlflow", "alembic", "ray.train", "ray.tune"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore")
+
+
+def cmd_pipeline(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
+    from .config import load_config
+    from .orchestration.pipeline import Pipeline
+
+    config = load_config(args.config, args.overrides)
+    pipeline = Pipeline(config, args.workspace, ray_address=args.ray_address, tracking_uri=args.tracking_uri,
+                        verbose=args.verbose, progress=not args.no_progress)
+    result = pipeline.run(stages, tuple(args.force))
+    if result.table:
+        print(result.table)
+    ran = ", ".join(f"{k}: {v}" for k, v in result.stages_run.items())
+    print(f"\nworkspace: {result.workspace}\nstages run this time: {ran}")
+    if result.report_files:
+        print(f"report: {result.report_files[0].parent}")
+    print(f"MLflow: {pipeline.tracking_uri} (experiment {result.experiment_id}, parent run {result.parent_run_id}); "
+          f"browse with `autosparse ui --workspace {args.workspace}`")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from . import build_model, load_dataset, prune
+
+    dataset = load_dataset(args.dataset, args.data_root, args.download)
+    model = build_model(args.model, dataset.input_shape, dataset.num_classes, args.seed)
+    mask = prune(model, args.sparsity, args.method, dataset.sample_batch(args.batch_size, args.seed),
+                 scope=args.scope, seed=args.seed)
+    print(f"{'layer':<40} {'weights':>10} {'density':>9}")
+    for name, density in mask.layer_densities().items():
+        print(f"{name:<40} {mask[name].numel():>10} {density:>9.4f}")
+    print(f"{'total':<40} {mask.num_total():>10} {mask.density():>9.4f}")
+    if mask.collapsed_layers():
+        print(f"layer collapse: {', '.join(mask.collapsed_layers())} keep no weight")
+    if args.out:
+        mask.save(args.out)
+        print(f"mask saved to {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import regenerate_reports
+
+    workspace = Path(args.report_workspace or args.workspace)
+    for folder, table in regenerate_reports(workspace):
+        print(table)
+        print(f"report: {folder}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from .orchestration.tracking import default_tracking_uri
+
+    uri = default_tracking_uri(Path(args.workspace).resolve())
+    print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C to stop)")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+               "--port", str(args.port)]
+    try:
+        return subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .orchestration.tuning import run_tuning
+
+    return run_tuning(args)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet(args.verbose)
+    from .errors import describe, is_user_error
+
+    try:
+        if args.verb in ("run", "irp", "fit-scorer", "matrix"):
+            stages = {"run": ("irp", "scorer", "matrix", "report"), "irp": ("irp",), "fit-scorer": ("scorer",),
+                      "matrix": ("matrix",)}[args.verb]
+            return cmd_pipeline(args, stages)
+        return {"prune": cmd_prune, "report": cmd_report, "ui": cmd_ui, "tune": cmd_tune}[args.verb](args)
+    except KeyboardInterrupt:
+        print("autosparse: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if not is_user_error(error) and args.verbose:
+            raise
+        print(f"autosparse: error: {describe(error)}", file=sys.stderr)
+        return 2 if is_user_error(error) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -87,10 +87,12 @@ class IRPConfig:
     features: list[str] = field(default_factory=lambda: list(ALL_FEATURES))
     train: TrainConfig = field(default_factory=TrainConfig)
     num_workers: int = 1
+    cpus_per_worker: int = 1
     use_gpu: bool = False
 
     def __post_init__(self) -> None:
         _positive(self.rounds, "rounds")
+        _positive(self.cpus_per_worker, "cpus_per_worker")
         check(0 < self.prune_fraction < 1, "prune_fraction", f"must be in (0, 1), got {self.prune_fraction!r}")
         check(self.rewind_step >= 0, "rewind_step", f"must be >= 0, got {self.rewind_step!r}")
         _positive(self.num_workers, "num_workers")

@@ -7,14 +7,21 @@ from .schema import ConfigError
 from .survival import SurvivalFormatError
 from .training import NonFiniteLossError
 
-USER_ERRORS = (ConfigError, UnknownNameError, DatasetUnavailableError, SurvivalFormatError, NonFiniteLossError,
-               ValueError, KeyError, FileNotFoundError, PermissionError)
+def user_error_types() -> tuple[type, ...]:
+    from .orchestration.runtime import RayUnavailableError
+    from .orchestration.tracking import TrackingUnavailableError
+    from .scorer import ScorerFormatError
+
+    return (ConfigError, UnknownNameError, DatasetUnavailableError, SurvivalFormatError, NonFiniteLossError,
+            ScorerFormatError, RayUnavailableError, TrackingUnavailableError, ValueError, KeyError,
+            FileNotFoundError, PermissionError)
 
 
 def _root_cause(error: BaseException) -> BaseException:
-    """Ray wraps worker exceptions; find the innermost one we know how to describe."""
+    """Unwrap Ray's wrappers (task and training failures) down to the first error we can describe."""
+    known = user_error_types()
     seen = set()
-    while id(error) not in seen:
+    while not isinstance(error, known) and id(error) not in seen:
         seen.add(id(error))
         inner = getattr(error, "cause", None) or error.__cause__
         worker_errors = getattr(error, "worker_failures", None) or getattr(error, "errors", None)
@@ -27,16 +34,12 @@ def _root_cause(error: BaseException) -> BaseException:
 
 
 def is_user_error(error: BaseException) -> bool:
-    from .orchestration.runtime import RayUnavailableError
-    from .orchestration.tracking import TrackingUnavailableError
-    from .scorer import ScorerFormatError
-
-    return isinstance(_root_cause(error), USER_ERRORS + (RayUnavailableError, TrackingUnavailableError,
-                                                         ScorerFormatError))
+    return isinstance(_root_cause(error), user_error_types())
 
 
 def describe(error: BaseException) -> str:
+    """One line: the message of the innermost describable error (with its type if it is a bug)."""
     root = _root_cause(error)
     text = str(root).strip().splitlines()
     message = text[0] if text else type(root).__name__
-    return message if is_user_error(error) else f"{type(root).__name__}: {message}"
+    return message if is_user_error(root) else f"{type(root).__name__}: {message}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 
@@ -59,8 +58,8 @@ def irp_train_loop(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
     chain = from_dict(IRPChainConfig, loop_config["chain"])
+    torch.set_num_threads(chain.irp.cpus_per_worker)
     data = from_dict(DataConfig, loop_config["data"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -95,8 +94,7 @@ def irp_train_loop(loop_config: dict) -> None:
             on_round=on_round)
 
 
-def fit_chain(job: ChainJob, data: DataConfig, store: StageStore, max_failures: int = 3,
-              on_result: Optional[Callable[[dict], None]] = None) -> IRPState:
+def fit_chain(job: ChainJob, data: DataConfig, store: StageStore, max_failures: int = 3) -> IRPState:
     """Run (or resume) the chain's TorchTrainer and return the final state from its last checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -104,9 +102,9 @@ def fit_chain(job: ChainJob, data: DataConfig, store: StageStore, max_failures: 
     irp = job.chain.irp
     trainer = TorchTrainer(
         irp_train_loop,
-        train_loop_config={"chain": to_dict(job.chain), "data": to_dict(data), "threads": 1 if irp.use_gpu else 2},
+        train_loop_config={"chain": to_dict(job.chain), "data": to_dict(data)},
         scaling_config=ScalingConfig(num_workers=irp.num_workers, use_gpu=irp.use_gpu,
-                                     resources_per_worker=None if irp.use_gpu else {"CPU": 1}),
+                                     resources_per_worker={"CPU": irp.cpus_per_worker, **({"GPU": 1} if irp.use_gpu else {})}),
         run_config=RunConfig(name=job.run_name, storage_path=str(store.workspace / "ray"),
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),

@@ -149,7 +149,19 @@ class Pipeline:
 
         init_ray(self.ray_address, verbose=self.verbose)
 
+    def preflight(self) -> None:
+        """Fail before any work when a non-embedded dataset is missing (local runs: data is visible here)."""
+        from ..data import load_dataset
+        from ..data.embedded import EMBEDDED
+
+        if self.ray_address or os.environ.get("RAY_ADDRESS"):
+            return
+        names = {s.dataset for s in self.config.sources} | {t.dataset for t in self.config.matrix.targets}
+        for name in sorted(names - set(EMBEDDED)):
+            load_dataset(name, self.config.data.data_root, self.config.data.download)
+
     def run(self, stages: tuple[str, ...] = STAGES, force: tuple[str, ...] = ()) -> PipelineResult:
+        self.preflight()
         tracker = self.connect_tracking()
         for kind in force:
             if kind not in STAGE_KINDS:
@@ -179,7 +191,7 @@ class Pipeline:
             self._ensure_ray()
             import ray
 
-            workers = max(job.chain.irp.num_workers for job in pending)
+            workers = max(job.chain.irp.num_workers * job.chain.irp.cpus_per_worker for job in pending)
             parallel = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
             self.echo(f"IRP: {len(pending)} chain(s) to run ({len(jobs) - len(pending)} finished), "
                       f"{parallel} at a time")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -79,25 +79,29 @@ def validation_layers(sizes: list[int], fraction: float, seed: int) -> set[int]:
     return chosen
 
 
+def all_rows(data: SurvivalDataset, features: list[str]) -> Rows:
+    meta = data.metadata
+    return Rows(data.feature_matrix(features), data.survival, data.rounds, float(meta["prune_fraction"]),
+                f"{meta['model']}/{meta['dataset']}/seed{meta['seed']}")
+
+
 def split_rows(datasets: list[SurvivalDataset], config: ScorerConfig, features: list[str]) -> tuple[list[Rows], list[Rows]]:
     """Training and validation rows that never share a weight: whole layers or whole datasets."""
     if config.validation == "sources" and len(datasets) < 2:
         raise ConfigError("validation: 'sources' needs at least two survival datasets (hold one out)")
     train, validation = [], []
     for position, data in enumerate(datasets):
-        label = f"{data.metadata['model']}/{data.metadata['dataset']}/seed{data.metadata['seed']}"
-        matrix = data.feature_matrix(features)
-        rounds, fraction = data.rounds, float(data.metadata["prune_fraction"])
+        rows = all_rows(data, features)
         if config.validation == "sources":
-            held_out = position == len(datasets) - 1
-            (validation if held_out else train).append(Rows(matrix, data.survival, rounds, fraction, label))
+            (validation if position == len(datasets) - 1 else train).append(rows)
             continue
         sizes = torch.bincount(data.layer_index, minlength=len(data.layers)).tolist()
         held = torch.zeros(len(data.layers), dtype=torch.bool)
         held[list(validation_layers(sizes, config.validation_fraction, config.seed + position))] = True
         is_validation = held[data.layer_index]
-        train.append(Rows(matrix[~is_validation], data.survival[~is_validation], rounds, fraction, label))
-        validation.append(Rows(matrix[is_validation], data.survival[is_validation], rounds, fraction, label))
+        for part, chosen in ((train, ~is_validation), (validation, is_validation)):
+            part.append(Rows(rows.features[chosen], rows.survival[chosen], rows.rounds, rows.prune_fraction,
+                             rows.label))
     return train, validation
 
 
@@ -129,11 +133,17 @@ def fit_scorer(
     datasets: list[SurvivalDataset],
     config: ScorerConfig,
     *,
+    held_out: Sequence[SurvivalDataset] = (),
     on_epoch: Optional[Callable[[int, dict[str, float]], None]] = None,
     progress: bool = False,
 ) -> FitResult:
-    """Train the configured scorer network; early-stop on validation Spearman, keep the best epoch."""
+    """Train the configured scorer network; early-stop on validation Spearman, keep the best epoch.
+
+    `held_out` datasets (other models or datasets) are scored every epoch as `heldout_*` metrics;
+    they never influence training or early stopping.
+    """
     train_parts, validation_parts = split_rows(datasets, config, config.features)
+    held_out_parts = [all_rows(data, config.features) for data in held_out]
     features = torch.cat([p.features for p in train_parts])
     targets = torch.cat([p.targets(config.bce_density) for p in train_parts])
     normalization = Normalization.fit(features, config.normalization)
@@ -165,6 +175,9 @@ def fit_scorer(
             total += loss.item()
         metrics = {"loss": total / len(batches),
                    **evaluate_rows(network, normalization, validation_parts, config.seed)}
+        if held_out_parts:
+            heldout = evaluate_rows(network, normalization, held_out_parts, config.seed)
+            metrics.update({f"heldout_{k}": v for k, v in heldout.items()})
         result.history.append(metrics)
         if on_epoch is not None:
             on_epoch(epoch, metrics)

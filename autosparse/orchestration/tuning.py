@@ -1,0 +1,144 @@
+"""`autosparse tune`: Ray Tune search over scorer designs, every trial an MLflow child run."""
+from __future__ import annotations
+
+import argparse
+import functools
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..config import load_config
+from ..io import atomic_write
+from ..schema import ConfigError, content_hash, from_dict, to_dict
+from ..survival import read_survival
+from ..tuning_space import TuneSpace, load_space
+from .irp_stage import SURVIVAL_FILE
+from .pipeline import Pipeline
+from .tracking import Tracker, default_tracking_uri, params_of
+
+BEST_CONFIG_FILE = "best_scorer.yaml"
+BEST_SCORER_FILE = "best_scorer.safetensors"
+RESULTS_FILE = "results.md"
+
+
+def scorer_trial(config: dict, space_data: dict, sources: list[str], held_out: list[str], downstream: dict) -> None:
+    """One Tune trial: fit a scorer, reporting held-out proxy metrics every epoch (or downstream accuracy)."""
+    from ray import tune
+
+    space = from_dict(TuneSpace, space_data)
+    scorer_config = space.resolve(config)
+    torch.set_num_threads(max(1, int(space.cpus_per_trial)))
+    from ..scorer import fit_scorer
+
+    datasets = [read_survival(p) for p in sources]
+    if space.objective == "proxy":
+        fit_scorer(datasets, scorer_config, held_out=[read_survival(p) for p in held_out],
+                   on_epoch=lambda epoch, metrics: tune.report(metrics))
+        return
+    tune.report({"downstream_accuracy": downstream_accuracy(fit_scorer(datasets, scorer_config), scorer_config,
+                                                            space, downstream)})
+
+
+def downstream_accuracy(result, scorer_config, space: TuneSpace, downstream: dict) -> float:
+    """Prune the base config's first target with the fitted scorer and train it briefly."""
+    from ..config import ModelOnData, TrainConfig
+    from ..data import load_dataset
+    from ..experiment import run_cell, CellSpec
+    from ..scorer import scorer_from_fit
+    import tempfile
+
+    target = ModelOnData(**downstream["target"])
+    train = from_dict(TrainConfig, {**downstream["train"], "epochs": space.downstream_epochs})
+    scorer = scorer_from_fit(result, scorer_config.network, scorer_config.hidden, scorer_config.features, {})
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "scorer.safetensors"
+        scorer.save(path)
+        spec = CellSpec(target=target, method="autos", sparsity=space.downstream_sparsity, seed=0, train=train)
+        return run_cell(spec, load_dataset(target.dataset), path)["test_accuracy"]
+
+
+def results_table(results, metric: str) -> str:
+    rows = []
+    for result in results:
+        if result.metrics and metric in result.metrics:
+            rows.append((result.metrics[metric], result.metrics.get("training_iteration", 0), result.config))
+    rows.sort(key=lambda row: -row[0])
+    lines = [f"| rank | {metric} | epochs | config |", "|---|---|---|---|"]
+    lines += [f"| {i + 1} | {value:.4f} | {epochs} | `{config}` |" for i, (value, epochs, config) in enumerate(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def run_tuning(args: argparse.Namespace) -> int:
+    from ray import tune
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+    from ray.tune.schedulers import ASHAScheduler
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    space = load_space(args.space)
+    base = load_config(args.base)
+    if space.objective == "downstream" and space.metric != "downstream_accuracy":
+        raise ConfigError(f"{args.space}: metric: objective 'downstream' reports 'downstream_accuracy'")
+    pipeline = Pipeline(base, args.workspace, ray_address=args.ray_address, tracking_uri=args.tracking_uri,
+                        progress=not args.no_progress)
+    if space.objective == "proxy" and not pipeline.references:
+        raise ConfigError(f"{args.base}: the proxy objective needs held-out survival data: "
+                          "set matrix.irp_reference: true (target IRP chains)")
+    pipeline.connect_tracking()
+    pipeline.run_chains(pipeline.sources + pipeline.references)
+    survival = lambda jobs: [str(pipeline.store.output("irp", j.digest) / SURVIVAL_FILE) for j in jobs]  # noqa: E731
+    sources, held_out = survival(pipeline.sources), survival(pipeline.references)
+
+    digest = content_hash({"space": to_dict(space), "base": pipeline.digest})
+    folder = pipeline.store.workspace / "tune" / f"tune-{digest}"
+    uri = args.tracking_uri or default_tracking_uri(pipeline.store.workspace)
+    experiment = f"autosparse-tune-{base.name}"
+    tracker = Tracker(uri, experiment, digest, params_of(space), {"pipeline.name": base.name, "tune.space": args.space})
+    downstream = {"target": to_dict(base.matrix.targets[0]), "train": to_dict(base.matrix.train)}
+    trainable = tune.with_resources(
+        functools.partial(scorer_trial, space_data=to_dict(space), sources=sources, held_out=held_out,
+                          downstream=downstream),
+        {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial})
+    if tune.Tuner.can_restore(str(folder)):
+        print(f"resuming the interrupted search in {folder}")
+        tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_errored=True)
+    else:
+        search_alg = None
+        if space.search == "optuna":
+            from ray.tune.search.optuna import OptunaSearch
+
+            search_alg = OptunaSearch()
+        max_epochs = space.resolve({}).epochs
+        tuner = tune.Tuner(
+            trainable,
+            param_space={key: dimension.to_tune() for key, dimension in space.space.items()},
+            tune_config=tune.TuneConfig(
+                metric=space.metric, mode="max", num_samples=space.num_samples, search_alg=search_alg,
+                max_concurrent_trials=space.max_concurrent,
+                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
+                                        grace_period=space.scheduler.grace_period,
+                                        reduction_factor=space.scheduler.reduction_factor)),
+            run_config=tune.RunConfig(
+                name=folder.name, storage_path=str(folder.parent), verbose=1 if args.verbose else 0,
+                callbacks=[MLflowLoggerCallback(tracking_uri=uri, experiment_name=experiment,
+                                                tags={MLFLOW_PARENT_RUN_ID: tracker.parent_id})]),
+        )
+    results = tuner.fit()
+    best = results.get_best_result(space.metric, "max")
+    best_config = space.resolve(best.config)
+    table = results_table(results, space.metric)
+    atomic_write(folder / BEST_CONFIG_FILE, lambda tmp: Path(tmp).write_text(
+        f"# best of {len(results)} trials: {space.metric} = {best.metrics[space.metric]:.4f}\n"
+        + yaml.safe_dump(to_dict(best_config), sort_keys=False)))
+    atomic_write(folder / RESULTS_FILE, lambda tmp: Path(tmp).write_text(table))
+    from ..scorer import fit_scorer, scorer_from_fit
+
+    refit = fit_scorer([read_survival(p) for p in sources], best_config)
+    scorer_from_fit(refit, best_config.network, best_config.hidden, best_config.features,
+                    {"config": to_dict(best_config)}).save(folder / BEST_SCORER_FILE)
+    tracker.log_parent_artifacts([folder / BEST_CONFIG_FILE, folder / RESULTS_FILE, folder / BEST_SCORER_FILE],
+                                 {f"best_{space.metric}": best.metrics[space.metric]})
+    tracker.finish()
+    print(table)
+    print(f"best config: {folder / BEST_CONFIG_FILE}\nbest scorer: {folder / BEST_SCORER_FILE}")
+    return 0

@@ -1,0 +1,112 @@
+"""Bad input on the command line: one line naming the problem, non-zero exit, nothing left behind."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autosparse.cli import main
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    return path
+
+
+def smoke_with(tmp_path: Path, mutate) -> Path:
+    from autosparse.config import resolve_config_path
+
+    data = yaml.safe_load(resolve_config_path("smoke").read_text())
+    mutate(data)
+    return write(tmp_path, yaml.safe_dump(data))
+
+
+def run_and_fail(capsys, tmp_path: Path, *args: str) -> str:
+    workspace = tmp_path / "ws"
+    code = main([*args, "--workspace", str(workspace)])
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("autosparse: error: ")
+    assert not any((workspace / kind).exists() for kind in ("irp", "scorer", "cell", "ray")), "stage output left behind"
+    return err
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda d: d.update(colour="blue"), "unknown key 'colour'"),
+    (lambda d: d["matrix"].update(seeds="a"), "matrix.seeds"),
+    (lambda d: d["matrix"].update(sparsities=[1.5]), "sparsity 1.5 is outside (0, 1)"),
+    (lambda d: d["matrix"].update(sparsities=[0.0]), "sparsity 0.0 is outside (0, 1)"),
+    (lambda d: d["matrix"].update(sparsities=[]), "sparsities: must not be empty"),
+    (lambda d: d["irp"]["train"].update(epochs="many"), "irp.train.epochs: expected int"),
+    (lambda d: d["matrix"]["targets"].append({"model": "transformer9000", "dataset": "digits"}),
+     "unknown model 'transformer9000'"),
+    (lambda d: d["sources"][0].update(dataset="imagenet22k"), "unknown dataset 'imagenet22k'"),
+    (lambda d: d["matrix"].update(methods=["snip", "oracle"]), "unknown pruning method 'oracle'"),
+    (lambda d: d["irp"].update(features=["w0", "g0", "vibes"]), "unknown feature 'vibes'"),
+    (lambda d: d["scorers"][0].update(network="transformer"), "unknown scorer network 'transformer'"),
+])
+def test_bad_config_is_one_clear_line(capsys, tmp_path, mutate, expected):
+    path = smoke_with(tmp_path, mutate)
+    err = run_and_fail(capsys, tmp_path, "run", str(path))
+    assert expected in err
+
+
+def test_unknown_key_names_the_file(capsys, tmp_path):
+    path = smoke_with(tmp_path, lambda d: d["irp"].update(roundz=3))
+    err = run_and_fail(capsys, tmp_path, "run", str(path))
+    assert str(path) in err and "'roundz'" in err
+
+
+def test_malformed_yaml(capsys, tmp_path):
+    path = write(tmp_path, "name: x\nmatrix: [unclosed\n")
+    assert "malformed YAML" in run_and_fail(capsys, tmp_path, "run", str(path))
+
+
+def test_unknown_config_name(capsys, tmp_path):
+    assert "unknown config 'quickstrat'" in run_and_fail(capsys, tmp_path, "run", "quickstrat")
+
+
+def test_bad_override(capsys, tmp_path):
+    assert "matrix.sparsities" in run_and_fail(capsys, tmp_path, "run", "smoke", "--set", "matrix.sparsities=[2]")
+
+
+def test_missing_dataset_with_downloads_off(capsys, tmp_path):
+    path = smoke_with(tmp_path, lambda d: (d["matrix"]["targets"].append({"model": "conv", "dataset": "cifar10"}),
+                                          d["data"].update(data_root=str(tmp_path / "nodata"))) if "data" in d else (
+        d["matrix"]["targets"].append({"model": "conv", "dataset": "cifar10"}),
+        d.update(data={"data_root": str(tmp_path / "nodata")})))
+    err = run_and_fail(capsys, tmp_path, "run", str(path))
+    assert "cifar10" in err and "nodata" in err
+
+
+def test_unreachable_mlflow_fails_before_training(capsys, tmp_path):
+    err = run_and_fail(capsys, tmp_path, "run", "smoke", "--tracking-uri", "http://127.0.0.1:9")
+    assert "MLflow" in err and "127.0.0.1:9" in err
+
+
+def test_prune_bad_sparsity_and_method(capsys, tmp_path):
+    assert main(["prune", "--model", "mlp", "--dataset", "digits", "--method", "snip", "--sparsity", "1.5"]) != 0
+    assert "sparsity 1.5 is outside (0, 1)" in capsys.readouterr().err
+    assert main(["prune", "--model", "mlp", "--dataset", "digits", "--method", "nope", "--sparsity", "0.9"]) != 0
+    assert "unknown pruning method 'nope'" in capsys.readouterr().err
+
+
+def test_prune_writes_mask(capsys, tmp_path):
+    out = tmp_path / "mask.pt"
+    assert main(["prune", "--model", "mlp", "--dataset", "digits", "--method", "snip", "--sparsity", "0.9",
+                 "--out", str(out)]) == 0
+    from autosparse import Mask
+
+    assert abs(Mask.load(out).density() - 0.1) < 1e-4
+    assert "total" in capsys.readouterr().out
+
+
+def test_help_lists_every_verb(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for verb in ("run", "irp", "fit-scorer", "matrix", "prune", "tune", "report", "ui"):
+        assert verb in text

@@ -131,6 +131,7 @@ def write_plots(records: list[CellRecord], summaries: list[Summary], folder: Pat
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     paths = []
     targets = sorted({s.target for s in summaries})
@@ -147,11 +148,14 @@ def write_plots(records: list[CellRecord], summaries: list[Summary], folder: Pat
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label,
                         linestyle="--" if "+" in label else "-", **style)
         ax.set_xscale("logit")
+        ticks = sorted({s.sparsity for s in rows if s.label != DENSE})
+        ax.set_xticks(ticks, [f"{t:.0%}" for t in ticks])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_title(target)
         ax.set_xlabel("sparsity")
         ax.set_ylabel("test accuracy")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower left")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     paths.append(_save(fig, folder / "accuracy_vs_sparsity.png"))
 
     pruned = [r for r in records if r.layer_densities and r.method != "irp"]
@@ -168,7 +172,7 @@ def write_plots(records: list[CellRecord], summaries: list[Summary], folder: Pat
             ax.set_xlabel("prunable layer (input to output)")
             ax.set_ylabel("density")
             ax.grid(alpha=0.3)
-        axes[0][-1].legend(fontsize=7)
+        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
         paths.append(_save(fig, folder / "layer_densities.png"))
 
     gaps = best_baseline_gap(summaries)

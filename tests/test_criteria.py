@@ -13,6 +13,15 @@ from autosparse import CRITERIA, prunable_parameters
 from autosparse.criteria import GRASP_TEMPERATURE, erk_layer_densities, synflow_scores
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny ops: one intra-op thread is fastest and immune to oversubscription on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def single_linear(dtype=torch.float32) -> nn.Linear:
     torch.manual_seed(0)
     return nn.Linear(3, 2, bias=False).to(dtype)
@@ -198,10 +207,9 @@ def test_iterative_synflow_exact_density_and_model_unchanged():
     model = BNNet().train()
     before = snapshot(model)
     total = sum(p.numel() for p in prunable_parameters(model).values())  # 27 + 192 = 219
-    for sparsity in (0.5, 0.9):
-        mask = autosparse.prune(model, sparsity, "synflow", input_shape=(1, 4, 4))
-        assert mask.num_kept() == round((1 - sparsity) * total)
-        assert mask.collapsed_layers() == []
+    mask = autosparse.prune(model, 0.9, "synflow", input_shape=(1, 4, 4))
+    assert total == 219 and mask.num_kept() == 22
+    assert mask.collapsed_layers() == []
     assert_unchanged(model, before)
     again = autosparse.prune(model, 0.9, "synflow", input_shape=(1, 4, 4))
     assert all(torch.equal(again[n], mask[n]) for n in mask)  # deterministic
@@ -271,7 +279,7 @@ def test_erk_layer_densities_hand_values():
 def test_erk_layer_densities_follow_the_formula_for_conv_and_linear_shapes():
     shapes = {"conv1": torch.Size([16, 3, 3, 3]), "conv2": torch.Size([32, 16, 3, 3]), "fc": torch.Size([10, 512])}
     sizes = {n: math.prod(s) for n, s in shapes.items()}
-    for density in (0.05, 0.1, 0.3):
+    for density in (0.05, 0.1, 0.3, 0.6):
         densities = erk_layer_densities(shapes, density)
         assert sum(densities[n] * sizes[n] for n in shapes) == pytest.approx(density * sum(sizes.values()))
         assert all(0 < d <= 1 for d in densities.values())
@@ -281,7 +289,12 @@ def test_erk_layer_densities_follow_the_formula_for_conv_and_linear_shapes():
         for n in shapes:
             if densities[n] == 1.0:  # capped layers would otherwise have exceeded 1
                 assert ratios[0] * sum(shapes[n]) / sizes[n] > 1
-    assert erk_layer_densities(shapes, 0.3)["conv1"] == 1.0  # 22/432 * scale > 1 at this density
+    # raw = sum/prod: conv1 25/432, conv2 54/4608, fc 522/5120. At 0.3 nothing is capped: scale = 3048 / 601.
+    assert erk_layer_densities(shapes, 0.3) == pytest.approx(
+        {"conv1": 25 / 432 * 3048 / 601, "conv2": 54 / 4608 * 3048 / 601, "fc": 522 / 5120 * 3048 / 601})
+    # At 0.6, fc would get 522/5120 * 6096/601 > 1: it is capped and the others share 6096 - 5120 = 976.
+    assert erk_layer_densities(shapes, 0.6) == pytest.approx(
+        {"conv1": 25 / 432 * 976 / 79, "conv2": 54 / 4608 * 976 / 79, "fc": 1.0})
 
 
 def test_erk_mask_per_layer_densities_match():
@@ -348,7 +361,6 @@ def test_synflow_with_the_wrong_input_shape_is_a_value_error(kwargs):
 
 @pytest.mark.parametrize("method", sorted(n for n in CRITERIA.names() if CRITERIA.get(n).needs_data))
 def test_data_needing_criterion_without_data(method):
-    assert method in ("snip", "grasp") or True
     with pytest.raises(ValueError, match=f"{method!r} needs data"):
         autosparse.prune(two_layer_net(), 0.5, method, data=None)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -65,15 +66,12 @@ def irp_train_loop(loop_config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     dataset = load_dataset(chain.dataset, data.data_root, data.download).to(device)
-    state = None
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
+    if checkpoint is not None:  # a restart within this run (e.g. after a worker died)
         with checkpoint.as_directory() as folder:
-            saved = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-        state = IRPState.from_tensors(saved["state"])
-        if state.completed > chain.irp.rounds:
-            ray.train.report({"round": state.completed - 1, "resumed_finished": 1})
-            return
+            state = load_state(Path(folder))
+    else:  # a new run continuing an interrupted one (a driver restart), or a fresh chain
+        state = load_state(Path(loop_config["resume_from"])) if loop_config["resume_from"] else None
 
     def on_round(state: IRPState, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         record = state.history[-1]
@@ -94,15 +92,38 @@ def irp_train_loop(loop_config: dict) -> None:
             on_round=on_round)
 
 
+def load_state(checkpoint_dir: Path) -> IRPState:
+    saved = torch.load(checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=True)
+    return IRPState.from_tensors(saved["state"])
+
+
+def latest_checkpoint(store: StageStore, job: ChainJob) -> Optional[tuple[Path, IRPState]]:
+    """The newest readable round checkpoint any earlier run of this chain left behind."""
+    for folder in sorted((store.workspace / "ray" / job.run_name).glob("checkpoint_*"), reverse=True):
+        try:
+            return folder, load_state(folder)
+        except (OSError, RuntimeError, KeyError, EOFError):
+            continue  # a checkpoint cut short by a crash: fall back to the one before
+    return None
+
+
 def fit_chain(job: ChainJob, data: DataConfig, store: StageStore, max_failures: int = 3) -> IRPState:
-    """Run (or resume) the chain's TorchTrainer and return the final state from its last checkpoint."""
+    """Run (or resume) the chain as one TorchTrainer run; returns the final state.
+
+    Worker deaths are retried by Ray Train from the last round checkpoint (`max_failures`); a new
+    driver continues from the newest checkpoint an interrupted run left in the workspace.
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     irp = job.chain.irp
+    previous = latest_checkpoint(store, job)
+    if previous is not None and previous[1].completed > irp.rounds:
+        return previous[1]
     trainer = TorchTrainer(
         irp_train_loop,
-        train_loop_config={"chain": to_dict(job.chain), "data": to_dict(data)},
+        train_loop_config={"chain": to_dict(job.chain), "data": to_dict(data),
+                           "resume_from": str(previous[0]) if previous else None},
         scaling_config=ScalingConfig(num_workers=irp.num_workers, use_gpu=irp.use_gpu,
                                      resources_per_worker={"CPU": irp.cpus_per_worker, **({"GPU": 1} if irp.use_gpu else {})}),
         run_config=RunConfig(name=job.run_name, storage_path=str(store.workspace / "ray"),
@@ -113,8 +134,7 @@ def fit_chain(job: ChainJob, data: DataConfig, store: StageStore, max_failures: 
     if result.checkpoint is None:
         raise RuntimeError(f"IRP chain {job.label} finished without a checkpoint")
     with result.checkpoint.as_directory() as folder:
-        saved = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-    return IRPState.from_tensors(saved["state"])
+        return load_state(Path(folder))
 
 
 def finalize_chain(job: ChainJob, state: IRPState, data: DataConfig, store: StageStore) -> Path:

@@ -63,8 +63,8 @@ def write_survival(path: Path, layer_features: dict[str, Tensor], feature_names:
         **{name: features[:, i] for i, name in enumerate(feature_names)},
         "survival": torch.cat([survival[n].flatten() for n in layers]).numpy().astype(np.int16),
     }
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "layers": layers,
-            "layer_shapes": {n: list(survival[n].shape) for n in layers}, **metadata}
+    meta = {**metadata, "format": FORMAT, "format_version": FORMAT_VERSION, "layers": layers,
+            "layer_shapes": {n: list(survival[n].shape) for n in layers}, "feature_names": list(feature_names)}
     table = pa.table(columns).replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
     atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
@@ -79,7 +79,12 @@ def read_metadata(path: Path) -> dict[str, Any]:
         raise SurvivalFormatError(f"{str(path)!r} is not a readable survival dataset (truncated or foreign file: "
                                   f"{str(error).splitlines()[0]})") from None
     raw = (schema.metadata or {}).get(METADATA_KEY)
-    meta = json.loads(raw) if raw else {}
+    try:
+        meta = json.loads(raw) if raw else {}
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise SurvivalFormatError(f"{str(path)!r} has a malformed autosparse header")
     if meta.get("format") != FORMAT:
         raise SurvivalFormatError(f"{str(path)!r} is a Parquet file but not an autosparse survival dataset")
     if meta.get("format_version") != FORMAT_VERSION:

@@ -139,25 +139,31 @@ def test_snip_over_several_batches_averages_the_gradients():
 # ---------------------------------------------------------------- GraSP
 
 
-def hand_grasp(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, temperature: float) -> torch.Tensor:
-    """W * (H g): logits z = W x / T, g = dL/dW, H g = mean_b [(diag(p) - p p^T) (G x_b) / T^2] x_b^T."""
-    w, x = w.double(), x.double()
+def softmax_rows(w: torch.Tensor, x: torch.Tensor, temperature: float) -> list[torch.Tensor]:
     probs = []
-    g = torch.zeros_like(w)
-    for xb, yb in zip(x, y):
+    for xb in x:
         z = (w @ xb) / temperature
         p = torch.exp(z - z.max())
-        p = p / p.sum()
-        probs.append(p)
-        onehot = torch.zeros_like(p)
-        onehot[yb] = 1.0
-        g += torch.outer(p - onehot, xb) / temperature
-    g /= len(x)
+        probs.append(p / p.sum())
+    return probs
+
+
+def hand_grasp(w: torch.Tensor, batches, temperature: float) -> torch.Tensor:
+    """W * (H g): logits z = W x / T, g = dL/dW (mean over batches), H g = mean over batches of
+    mean_b [(diag(p) - p p^T) (G x_b) / T^2] x_b^T, with G the overall g."""
+    w = w.double()
+    batches = [(x.double(), y) for x, y in batches]
+    g = torch.zeros_like(w)
+    for x, y in batches:
+        for xb, yb, p in zip(x, y, softmax_rows(w, x, temperature)):
+            onehot = torch.zeros_like(p)
+            onehot[yb] = 1.0
+            g += torch.outer(p - onehot, xb) / temperature / len(x) / len(batches)
     hg = torch.zeros_like(w)
-    for xb, p in zip(x, probs):
-        jacobian = torch.diag(p) - torch.outer(p, p)
-        hg += torch.outer(jacobian @ (g @ xb) / temperature**2, xb)
-    hg /= len(x)
+    for x, _ in batches:
+        for xb, p in zip(x, softmax_rows(w, x, temperature)):
+            jacobian = torch.diag(p) - torch.outer(p, p)
+            hg += torch.outer(jacobian @ (g @ xb) / temperature**2, xb) / len(x) / len(batches)
     return w * hg
 
 
@@ -166,10 +172,21 @@ def test_grasp_closed_form_on_a_single_linear_layer(dtype, rtol):
     assert GRASP_TEMPERATURE == 200.0
     layer = single_linear(dtype)
     x, y = batch(6, seed=4, dtype=dtype)
-    expected = hand_grasp(layer.weight.detach(), x, y, 200.0)
+    expected = hand_grasp(layer.weight.detach(), [(x, y)], 200.0)
     assert expected.abs().min() > 0  # a meaningful comparison: no accidental zeros
     scores = autosparse.score(layer, 0.5, "grasp", data=(x, y))
     torch.testing.assert_close(scores["weight"].double(), expected, rtol=rtol, atol=0)
+
+
+def test_grasp_over_several_batches_uses_the_mean_gradient():
+    layer = single_linear(torch.float64)
+    batches = [batch(4, seed=5, dtype=torch.float64), batch(7, seed=6, dtype=torch.float64)]
+    expected = hand_grasp(layer.weight.detach(), batches, 200.0)
+    scores = autosparse.score(layer, 0.5, "grasp", data=batches)
+    torch.testing.assert_close(scores["weight"], expected, rtol=1e-9, atol=0)
+    # not the same as pairing each batch's Hessian with its own gradient
+    own = sum(hand_grasp(layer.weight.detach(), [b], 200.0) for b in batches) / 2
+    assert not torch.allclose(own, expected, rtol=1e-3, atol=0)
 
 
 # ---------------------------------------------------------------- SynFlow

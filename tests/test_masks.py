@@ -107,6 +107,9 @@ def test_select_top_k_layerwise_remainder_goes_to_largest_fraction():
     # sizes 2 and 8, density 0.35 -> keep round(3.5) = 4 (banker's rounding); shares 0.8 and 3.2
     mask = select_top_k({"a": torch.ones(2), "b": torch.ones(8)}, 0.35, "layerwise")
     assert (int(mask["a"].sum()), int(mask["b"].sum())) == (1, 3)
+    # the same sizes in the other order: the remainder goes to the later layer with the larger fraction
+    mask = select_top_k({"a": torch.ones(8), "b": torch.ones(2)}, 0.35, "layerwise")
+    assert (int(mask["a"].sum()), int(mask["b"].sum())) == (3, 1)
 
 
 def test_select_top_k_ties_keep_first_positions():

@@ -106,9 +106,6 @@ def test_failed_write_leaves_no_file_behind(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.xfail(reason="BUG: write_survival does not record its feature_names argument in the metadata, so "
-                          "read_survival raises KeyError('feature_names') unless the caller repeats them there",
-                   strict=True)
 def test_reader_reads_back_what_the_writer_was_given_without_feature_names_in_metadata(tmp_path):
     features, survival, metadata = example()
     del metadata["feature_names"]
@@ -172,9 +169,6 @@ def test_future_format_version(written):
         read_metadata(written)
 
 
-@pytest.mark.xfail(reason="BUG: read_metadata json-decodes the 'autosparse' schema metadata outside any error "
-                          "handling, so a malformed header raises JSONDecodeError without naming the file",
-                   strict=True)
 def test_parquet_file_with_a_malformed_autosparse_header(tmp_path):
     path = tmp_path / "garbled.parquet"
     pq.write_table(pa.table({"x": [1.0]}).replace_schema_metadata({METADATA_KEY: b"{not json"}), path)

@@ -51,7 +51,7 @@ class Scorer:
         tensors = {f"network.{k}": v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
         tensors["normalization.mean"] = self.normalization.mean.contiguous()
         tensors["normalization.std"] = self.normalization.std.contiguous()
-        metadata = {HEADER_KEY: json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **self.header})}
+        metadata = {HEADER_KEY: json.dumps({**self.header, "format": FORMAT, "format_version": FORMAT_VERSION})}
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
@@ -81,7 +81,12 @@ def load_scorer(path: str | os.PathLike) -> Scorer:
     except (SafetensorError, OSError, ValueError) as error:
         raise ScorerFormatError(f"{str(path)!r} is not a readable scorer file (truncated or foreign: "
                                 f"{str(error).splitlines()[0]})") from None
-    header = json.loads(raw) if raw else {}
+    try:
+        header = json.loads(raw) if raw else {}
+    except ValueError:
+        header = None
+    if not isinstance(header, dict):
+        raise ScorerFormatError(f"{str(path)!r} has a malformed scorer header")
     if header.get("format") != FORMAT:
         raise ScorerFormatError(f"{str(path)!r} is a safetensors file but not an autosparse scorer")
     if header.get("format_version") != FORMAT_VERSION:
@@ -93,6 +98,9 @@ def load_scorer(path: str | os.PathLike) -> Scorer:
         if FEATURES.get(item["name"]).version != item["version"]:
             raise ScorerFormatError(f"{str(path)!r} uses feature {item['name']!r} version {item['version']}, "
                                     f"this autosparse computes version {FEATURES.get(item['name']).version}")
+    if header.get("network") not in SCORER_NETWORKS:
+        raise ScorerFormatError(f"{str(path)!r} uses scorer network {header.get('network')!r}, "
+                                "unknown to this autosparse")
     network = SCORER_NETWORKS.get(header["network"])(len(header["features"]), header["hidden"])
     network.load_state_dict({k[len("network."):]: v for k, v in tensors.items() if k.startswith("network.")})
     network.eval()

@@ -1,0 +1,192 @@
+"""Speed benchmark: scorer inference (compact vs the paper's MLP run the paper's way), feature
+computation, IRP per-round overhead on Ray Train, matrix throughput at 1 vs 2 Ray workers, and Ray /
+MLflow start-up costs. Prints a Markdown table and saves it (plus JSON) under benchmarks/results/.
+
+    .venv/bin/python benchmarks/speed.py [--repeats 3] [--paper-rows 500000] [--out benchmarks/results]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from autosparse import build_model
+from autosparse.criteria import ScoringContext
+from autosparse.features import compute_features
+from autosparse.io import atomic_write
+from autosparse.masks import prunable_parameters
+from autosparse.scorer.artifact import Scorer
+from autosparse.scorer.fit import Normalization, predict
+from autosparse.scorer.networks import SCORER_NETWORKS
+from autosparse.config import TRANSFERABLE_FEATURES
+
+PAPER_BATCH = 8192
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def untrained_scorer(network: str, features: list[str], hidden: list[int]) -> Scorer:
+    """Timing does not depend on the weights: a freshly initialized scorer of the right shape."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = SCORER_NETWORKS.get(network)(len(features), hidden).eval()
+    norm = Normalization(torch.zeros(len(features)), torch.ones(len(features)))
+    header = {"network": network, "hidden": hidden, "features": [{"name": f, "version": 1} for f in features]}
+    return Scorer(net, norm, header)
+
+
+def paper_way(scorer: Scorer, features: torch.Tensor) -> None:
+    """The reference implementation's loop: a DataLoader over per-weight rows, batches of 8192."""
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(features), batch_size=PAPER_BATCH)
+    outputs = []
+    with torch.no_grad():
+        for (batch,) in loader:
+            outputs.append(scorer.network(scorer.normalization(batch)))
+    torch.cat(outputs)
+
+
+def inference_rows(repeats: int, paper_rows: int) -> list[dict]:
+    model = build_model("resnet18", (3, 32, 32), 10, seed=0)
+    weights = sum(p.numel() for p in prunable_parameters(model).values())
+    generator = torch.Generator().manual_seed(0)
+    batch = (torch.randn(256, 3, 32, 32, generator=generator), torch.randint(0, 10, (256,), generator=generator))
+    rows = []
+    compact = untrained_scorer("compact_mlp", TRANSFERABLE_FEATURES, [32, 32])
+    paper = untrained_scorer("paper_mlp", ["w0", "g0"], [])
+    for name, scorer in (("compact_mlp (7 features, 32-32)", compact), ("paper_mlp (w0, g0)", paper)):
+        seconds = median_time(lambda: compute_features(model, [batch], scorer.feature_names), repeats)
+        rows.append({"what": f"features for {name}, ResNet-18", "weights": weights, "seconds": seconds})
+        features = compute_features(model, [batch], scorer.feature_names)
+        seconds = median_time(lambda: [predict(scorer.network, scorer.normalization, m) for m in features.values()],
+                              repeats)
+        rows.append({"what": f"score: {name}, chunked (autosparse)", "weights": weights, "seconds": seconds})
+    sample = torch.cat(list(compute_features(model, [batch], paper.feature_names).values()))[:paper_rows]
+    seconds = median_time(lambda: paper_way(paper, sample), max(1, repeats - 1))
+    rows.append({"what": f"score: paper_mlp, DataLoader batch 8192 (paper's way; {len(sample):,} rows timed, "
+                 "extrapolated)", "weights": weights, "seconds": seconds * weights / len(sample)})
+    end_to_end = median_time(lambda: compact(ScoringContext(model, [batch], 0.02)), repeats)
+    rows.append({"what": "AutoS prune scores end to end (features + compact scoring)", "weights": weights,
+                 "seconds": end_to_end})
+    return rows
+
+
+def startup_rows(repeats: int) -> list[dict]:
+    """Ray and MLflow start-up, each in a fresh interpreter (what a user waits for)."""
+    code = {
+        "ray.init (local, 2 CPUs, no dashboard)":
+            "import ray,time;t=time.perf_counter();ray.init(num_cpus=2,include_dashboard=False);"
+            "print(time.perf_counter()-t);ray.shutdown()",
+        "MLflow SQLite store: create + first run":
+            "import tempfile,time,os;from mlflow.tracking import MlflowClient;d=tempfile.mkdtemp();"
+            "t=time.perf_counter();c=MlflowClient(f'sqlite:///{d}/m.db');e=c.create_experiment('x');"
+            "c.create_run(e);print(time.perf_counter()-t)",
+    }
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_LOGGING_LEVEL": "ERROR"}
+    rows = []
+    for what, snippet in code.items():
+        values = [float(subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, env=env,
+                                       check=True).stdout.strip().splitlines()[-1]) for _ in range(repeats)]
+        rows.append({"what": what, "weights": None, "seconds": statistics.median(values)})
+    return rows
+
+
+def ray_rows(repeats: int) -> list[dict]:
+    """IRP per-round overhead on Ray Train (vs the same chain in-process) and matrix cells per minute."""
+    import ray
+
+    from autosparse.config import (DataConfig, IRPChainConfig, IRPConfig, MatrixConfig, ModelOnData,
+                                   TrainConfig)
+    from autosparse.data import load_dataset
+    from autosparse.experiment import CellSpec
+    from autosparse.irp import run_irp
+    from autosparse.orchestration.irp_stage import ChainJob, fit_chain
+    from autosparse.orchestration.matrix_stage import CellJob, run_cells
+    from autosparse.orchestration.runtime import init_ray
+    from autosparse.orchestration.stages import StageStore
+
+    rows = []
+    chain = IRPChainConfig("conv", "digits", 0, IRPConfig(rounds=6, prune_fraction=0.3,
+                                                          train=TrainConfig(epochs=4, batch_size=64)))
+    torch.set_num_threads(1)
+    in_process = median_time(lambda: run_irp(chain, load_dataset("digits")), repeats)
+    init_ray(num_cpus=2)
+    on_ray = median_time(lambda: fit_chain(ChainJob.of(chain), DataConfig(),
+                                           StageStore(tempfile.mkdtemp())), repeats)
+    rounds = chain.irp.rounds + 1
+    rows.append({"what": f"IRP conv/digits, {rounds} rounds x 4 epochs, in-process (1 thread)", "weights": None,
+                 "seconds": in_process})
+    rows.append({"what": "same chain as one Ray Train run (start-up + per-round checkpoints)", "weights": None,
+                 "seconds": on_ray})
+    rows.append({"what": "Ray Train overhead per round ((Ray - in-process) / rounds)", "weights": None,
+                 "seconds": (on_ray - in_process) / rounds})
+    ray.shutdown()
+    train = TrainConfig(epochs=5, batch_size=64)
+    specs = [CellSpec(ModelOnData("mlp", "digits"), method, 0.95, seed, train)
+             for method in ("snip", "random", "synflow") for seed in range(4)]
+    for cpus in (1, 2):
+        init_ray(num_cpus=cpus)
+        matrix = MatrixConfig(cpus_per_cell=1.0)
+        timings = []
+        for _ in range(repeats):
+            store = StageStore(tempfile.mkdtemp())
+            started = time.perf_counter()
+            run_cells([CellJob.of(s) for s in specs], DataConfig(), store, matrix, lambda job, result: None,
+                      progress=False)
+            timings.append(time.perf_counter() - started)
+        rows.append({"what": f"matrix: {len(specs)} mlp/digits cells (5 epochs) on {cpus} Ray worker(s), cells/min",
+                     "weights": None, "seconds": statistics.median(timings),
+                     "rate": 60 * len(specs) / statistics.median(timings)})
+        ray.shutdown()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--paper-rows", type=int, default=500_000, help="rows timed for the paper's way")
+    parser.add_argument("--skip-ray", action="store_true", help="only the inference and start-up rows")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    rows = inference_rows(args.repeats, args.paper_rows)
+    compact = next(r for r in rows if r["what"].startswith("score: compact"))["seconds"]
+    paper = next(r for r in rows if "paper's way" in r["what"])["seconds"]
+    rows.append({"what": "speed-up: compact chunked vs paper_mlp the paper's way", "weights": None,
+                 "seconds": None, "rate": paper / compact})
+    rows += startup_rows(args.repeats)
+    if not args.skip_ray:
+        rows += ray_rows(args.repeats)
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+             f"median of {args.repeats} repetitions.", "", "| measurement | weights | seconds | rate |", "|---|---|---|---|"]
+    for r in rows:
+        weights = f"{r['weights']:,}" if r.get("weights") else ""
+        seconds = f"{r['seconds']:.2f}" if r.get("seconds") is not None else ""
+        rate = r.get("rate")
+        rate_text = f"{rate:.1f}" + ("x" if "speed-up" in r["what"] else " cells/min") if rate else (
+            f"{r['weights'] / r['seconds'] / 1e6:.2f} M weights/s" if r.get("weights") and r.get("seconds") else "")
+        lines.append(f"| {r['what']} | {weights} | {seconds} | {rate_text} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    out = Path(args.out)
+    atomic_write(out / "speed.md", lambda tmp: Path(tmp).write_text(table))
+    atomic_write(out / "speed.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=2)))
+
+
+if __name__ == "__main__":
+    main()

@@ -233,9 +233,9 @@ def load_config(name_or_path: str = "quickstart", overrides: list[str] = ()) -> 
     """Load a pipeline config, apply `key=value` overrides, validate strictly."""
     path = resolve_config_path(name_or_path)
     data = load_yaml(path)
-    for override in overrides:
-        set_dotted(data, *parse_override(override))
     try:
+        for override in overrides:
+            set_dotted(data, *parse_override(override))
         return from_dict(PipelineConfig, data, where="config")
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None

@@ -132,7 +132,7 @@ def synflow_scores(model: nn.Module, input_shape: tuple[int, ...], mask: Optiona
             for name, param in params.items():
                 param.mul_(mask[name])
     device = next(model.parameters()).device
-    output = model(torch.ones((1, *input_shape), dtype=torch.float64, device=device))
+    output = forward(model, torch.ones((1, *input_shape), dtype=torch.float64, device=device))
     grads = torch.autograd.grad(output.sum(), list(params.values()))
     return {n: (p * g).detach() for (n, p), g in zip(params.items(), grads)}
 

@@ -60,13 +60,14 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
 def evaluate(model: nn.Module, dataset: Dataset, split: Optional[Split] = None, batch_size: int = 1024) -> float:
     """Top-1 accuracy on a split (the test split by default); restores the model's mode."""
     split = dataset.test if split is None else split
-    was_training = model.training
+    modes = {module: module.training for module in model.modules()}
     model.eval()
     correct = 0
     for start in range(0, len(split), batch_size):
         inputs = dataset.prepare(split.inputs[start:start + batch_size], train=False)
         correct += int((model(inputs).argmax(1) == split.targets[start:start + batch_size]).sum())
-    model.train(was_training)
+    for module, mode in modes.items():
+        module.training = mode
     return correct / len(split)
 
 

@@ -368,8 +368,6 @@ def test_data_of_the_wrong_shape_is_a_value_error_naming_the_shape(method):
         autosparse.prune(two_layer_net(), 0.5, method, data=(x, y))
 
 
-@pytest.mark.xfail(reason="BUG: synflow_scores calls model(...) directly instead of criteria.forward(), "
-                          "so a shape mismatch escapes as a RuntimeError", strict=True)
 @pytest.mark.parametrize("kwargs", [{"data": batch(5, features=4)}, {"input_shape": (4,)}], ids=["data", "input_shape"])
 def test_synflow_with_the_wrong_input_shape_is_a_value_error(kwargs):
     with pytest.raises(ValueError, match=r"shape \(1, 4\)"):

@@ -180,9 +180,6 @@ def test_evaluate_matches_hand_accuracy_and_restores_mode(digits):
     assert 0.0 <= on_train <= 1.0 and on_train != accuracy  # the split argument is used
 
 
-@pytest.mark.xfail(reason="BUG: evaluate() restores only the top-level mode with model.train(was_training), "
-                          "so a submodule deliberately left in eval mode (frozen BatchNorm) is switched to train",
-                   strict=True)
 def test_evaluate_restores_per_module_modes(digits):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
     model.train()

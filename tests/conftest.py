@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,3 +33,61 @@ def ray_session():
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+def finished_cells(workspace: Path) -> int:
+    from autosparse.orchestration.stages import MARKER
+
+    folder = workspace / "cell"
+    return sum(1 for p in folder.iterdir() if (p / MARKER).is_file()) if folder.is_dir() else 0
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL the driver and everything it started (its local Ray included): a hard crash."""
+    import psutil
+
+    tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    for proc in tree:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    process.wait(timeout=30)
+    psutil.wait_procs(tree, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The README's main command on the smoke config, killed mid-matrix and re-run to completion.
+
+    Yields (workspace, total cells, cells finished before the kill, the resumed run's CompletedProcess).
+    Later tests copy this finished workspace instead of recomputing its IRP chains.
+    """
+    from autosparse.config import load_config
+    from autosparse.orchestration.pipeline import Pipeline
+
+    workspace = tmp_path_factory.mktemp("smoke") / "ws"
+    total = len(Pipeline(load_config("smoke"), workspace, progress=False).cells)
+    driver = subprocess.Popen([sys.executable, "-m", "autosparse.cli", "run", "smoke", "--workspace", str(workspace),
+                               "--no-progress"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 400
+    while finished_cells(workspace) < 3:
+        assert driver.poll() is None, "the run ended before it could be interrupted"
+        assert time.monotonic() < deadline, "no matrix cell finished in time"
+        time.sleep(0.5)
+    kill_tree(driver)
+    done_before = finished_cells(workspace)
+    resumed = run_cli("run", "smoke", "--workspace", str(workspace), "--no-progress")
+    yield workspace, total, done_before, resumed
+
+
+@pytest.fixture
+def smoke_workspace_copy(smoke_run, tmp_path):
+    """A private copy of the finished smoke workspace (IRP chains and scorers already done)."""
+    import shutil
+
+    workspace, _, _, resumed = smoke_run
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    copy = tmp_path / "ws"
+    shutil.copytree(workspace, copy, ignore=shutil.ignore_patterns("ray"))
+    return copy

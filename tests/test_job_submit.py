@@ -3,10 +3,13 @@ skips every finished stage; the head is stopped without touching other Ray insta
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -18,8 +21,7 @@ from conftest import REPO
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
-OVERRIDES = ["--set", "matrix.targets=[{model: mlp, dataset: digits}]", "--set", "matrix.methods=[snip]",
-             "--set", "matrix.variants=[shuffle]"]
+OVERRIDES = ["--set", "matrix.sparsities=[0.95]", "--set", "matrix.methods=[snip, synflow]"]
 
 
 def free_port() -> int:
@@ -29,15 +31,17 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def ray_head(tmp_path: Path):
+def ray_head():
     """`ray start --head --block` in its own process group; SIGTERM stops exactly this head."""
     gcs, dashboard = free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's unix socket paths are limited
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=2",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats",
-         f"--temp-dir={tmp_path / 'ray'}"],
+         f"--temp-dir={temp_dir}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.monotonic() + 120
@@ -56,29 +60,44 @@ def ray_head(tmp_path: Path):
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait(timeout=30)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def submit(address: str, env: dict, workspace: Path) -> subprocess.CompletedProcess:
-    command = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
+def submit(address: str, env: dict, workspace: Path) -> tuple[str, str]:
+    """`ray job submit --no-wait ...`, then wait through the job SDK; returns (final status, driver logs)."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    command = [RAY, "job", "submit", "--no-wait", "--address", address, "--working-dir", str(REPO), "--",
                sys.executable, "-m", "autosparse.cli", "run", "smoke", "--workspace", str(workspace),
                "--no-progress", *OVERRIDES]
-    return subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
+    submitted = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    job_id = re.search(r"raysubmit_\w+", submitted.stdout + submitted.stderr).group(0)
+    client = JobSubmissionClient(address)
+    deadline = time.monotonic() + 900
+    while (status := client.get_job_status(job_id)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED,
+                                                             JobStatus.STOPPED):
+        assert time.monotonic() < deadline, f"job {job_id} still {status}"
+        time.sleep(2)
+    return status, client.get_job_logs(job_id)
 
 
-def test_submit_smoke_then_resubmit(ray_head, tmp_path: Path) -> None:
+def test_submit_smoke_then_resubmit(ray_head, smoke_workspace_copy: Path) -> None:
+    """New matrix cells run under the job (IRP chains and scorers come from the finished smoke run)."""
     address, env = ray_head
-    workspace = tmp_path / "ws"
-    first = submit(address, env, workspace)
-    assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
-    assert "SUCCEEDED" in first.stdout + first.stderr
-    assert "### mlp/digits" in first.stdout
+    workspace = smoke_workspace_copy
+    before = {p.name for p in (workspace / "cell").iterdir()}
+    status, logs = submit(address, env, workspace)
+    assert status == "SUCCEEDED", logs[-4000:]
+    assert "### mlp/digits" in logs
     cells = [p for p in (workspace / "cell").iterdir()]
-    assert len(list((workspace / "irp").iterdir())) == 2 and len(list((workspace / "scorer").iterdir())) == 2
+    ran = int(re.search(r"stages run this time: irp: 0, scorer: 0, cell: (\d+)", logs).group(1))
+    assert ran == len(cells) - len(before) == 20
     client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("autosparse-smoke")
     runs = client.search_runs([experiment.experiment_id], "tags.stage = 'cell'", max_results=1000)
     assert {r.data.tags["stage.hash"] for r in runs} == {p.name for p in cells}
 
-    second = submit(address, env, workspace)
-    assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
-    assert "stages run this time: irp: 0, scorer: 0, cell: 0" in second.stdout
+    status, logs = submit(address, env, workspace)
+    assert status == "SUCCEEDED", logs[-4000:]
+    assert "stages run this time: irp: 0, scorer: 0, cell: 0" in logs

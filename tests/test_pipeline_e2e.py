@@ -2,67 +2,21 @@
 killed mid-matrix, resumed (only missing cells run), then re-run with everything skipped."""
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from autosparse.config import load_config
-from autosparse.orchestration.pipeline import Pipeline
-from autosparse.orchestration.stages import MARKER
-
-from conftest import REPO, run_cli
+from conftest import run_cli
 
 pytestmark = pytest.mark.slow
 REQUIRED_TAGS = ("target.model", "target.dataset", "method", "sparsity", "seed", "stage.hash")
 
 
-def finished_cells(workspace: Path) -> int:
-    folder = workspace / "cell"
-    return sum(1 for p in folder.iterdir() if (p / MARKER).is_file()) if folder.is_dir() else 0
-
-
-def kill_tree(process: subprocess.Popen) -> None:
-    """SIGKILL the driver and everything it started (its local Ray included): a hard crash."""
-    tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-    for proc in tree:
-        try:
-            proc.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    process.wait(timeout=30)
-    psutil.wait_procs(tree, timeout=30)
-
-
-def cells_run(output: str) -> int:
-    return int(re.search(r"stages run this time: .*cell: (\d+)", output).group(1))
-
-
-def test_smoke_run_killed_resumed_and_skipped(tmp_path: Path) -> None:
-    workspace = tmp_path / "ws"
-    plan = Pipeline(load_config("smoke"), workspace, progress=False)
-    total = len(plan.cells)
-
-    driver = subprocess.Popen([sys.executable, "-m", "autosparse.cli", "run", "smoke", "--workspace", str(workspace),
-                               "--no-progress"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 400
-    while finished_cells(workspace) < 3:
-        assert driver.poll() is None, "the run ended before it could be interrupted"
-        assert time.monotonic() < deadline, "no matrix cell finished in time"
-        time.sleep(0.5)
-    kill_tree(driver)
-    done_before = finished_cells(workspace)
-    assert done_before < total
-    assert not [p for p in (workspace / "cell").iterdir() if not (p / MARKER).is_file() and not p.name.startswith(".tmp")]
-
-    resumed = run_cli("run", "smoke", "--workspace", str(workspace), "--no-progress")
+def test_smoke_run_killed_resumed_and_skipped(smoke_run) -> None:
+    workspace, total, done_before, resumed = smoke_run
+    assert 3 <= done_before < total
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert cells_run(resumed.stdout) == total - done_before
     assert "### mlp/digits" in resumed.stdout and "irp (reference)" in resumed.stdout

@@ -39,8 +39,8 @@ def test_feature_groups_expand() -> None:
 
 
 @pytest.mark.slow
-def test_tiny_search_tracks_every_trial_and_exports_best(tmp_path: Path) -> None:
-    workspace = tmp_path / "ws"
+def test_tiny_search_tracks_every_trial_and_exports_best(smoke_workspace_copy: Path) -> None:
+    workspace = smoke_workspace_copy
     result = run_cli("tune", str(SPACE), "--base", "smoke", "--workspace", str(workspace), "--no-progress")
     assert result.returncode == 0, result.stderr[-4000:]
     folder = next((workspace / "tune").glob("tune-*"))

@@ -3,6 +3,7 @@ several workers. Each cell writes its own stage output, so an interrupted matrix
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +100,8 @@ def run_cells(jobs: list[CellJob], data: DataConfig, store: StageStore, matrix: 
     import ray
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(jobs), desc="matrix cells", unit="cell", disable=not progress)
+    bar = tqdm(total=len(jobs), desc="matrix cells", unit="cell", disable=not progress,
+               mininterval=0.2 if sys.stderr.isatty() else 30.0)
     pending = []
     for job in jobs:
         if store.done("cell", job.digest):

@@ -150,11 +150,14 @@ class Pipeline:
         init_ray(self.ray_address, verbose=self.verbose)
 
     def preflight(self) -> None:
-        """Fail before any work when a non-embedded dataset is missing (local runs: data is visible here)."""
+        """Fail before any work on an unreachable Ray address or, for local runs, a missing dataset."""
         from ..data import load_dataset
         from ..data.embedded import EMBEDDED
+        from .runtime import check_ray_address
 
-        if self.ray_address or os.environ.get("RAY_ADDRESS"):
+        address = self.ray_address or os.environ.get("RAY_ADDRESS")
+        if address:
+            check_ray_address(address)
             return
         names = {s.dataset for s in self.config.sources} | {t.dataset for t in self.config.matrix.targets}
         for name in sorted(names - set(EMBEDDED)):

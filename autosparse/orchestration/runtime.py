@@ -27,6 +27,21 @@ class RayUnavailableError(RuntimeError):
     """The Ray cluster given by address could not be joined."""
 
 
+def check_ray_address(address: Optional[str], timeout: float = 5.0) -> None:
+    """Fail fast (a TCP connect, not Ray's minutes of retries) when a given Ray address is unreachable."""
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    target = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            return
+    except (OSError, ValueError) as error:
+        raise RayUnavailableError(f"cannot reach Ray at {address!r}: {error}") from None
+
+
 def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, verbose: bool = False) -> None:
     """Join `address` (or RAY_ADDRESS) if given, else start a local Ray; no-op when already connected."""
     import ray
@@ -35,6 +50,7 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, verb
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
+    check_ray_address(address)
     kwargs = dict(logging_level=logging.INFO if verbose else logging.WARNING, log_to_driver=verbose,
                   configure_logging=True)
     if address is None:

@@ -1,0 +1,71 @@
+"""Faults and bad input around real Ray: NaN training stops cleanly, unreachable Ray fails fast, bad
+scorer and mask files are one-line errors, and an interrupted stage write is never taken as finished."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from autosparse import Mask, build_model
+from autosparse.cli import main
+from autosparse.orchestration.stages import StageStore
+
+from conftest import run_cli
+
+
+def test_interrupted_stage_write_is_not_finished(tmp_path: Path) -> None:
+    store = StageStore(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        with store.writing("cell", "abc", {"label": "x"}) as folder:
+            (folder / "result.json").write_text("{}")
+            raise KeyboardInterrupt
+    assert not store.done("cell", "abc")
+    assert list((tmp_path / "cell").iterdir()) == []
+    with store.writing("cell", "abc", {"label": "x"}) as folder:
+        (folder / "result.json").write_text("{}")
+    assert store.done("cell", "abc") and store.finished("cell") == ["abc"]
+
+
+def test_truncated_and_foreign_scorer_files_via_cli(capsys, tmp_path: Path) -> None:
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    foreign = tmp_path / "foreign.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(foreign))
+    for path, expected in ((truncated, "not a readable scorer file"), (foreign, "not an autosparse scorer")):
+        code = main(["prune", "--model", "mlp", "--dataset", "digits", "--method", str(path), "--sparsity", "0.9"])
+        err = capsys.readouterr().err.strip()
+        assert code != 0 and len(err.splitlines()) == 1
+        assert expected in err and str(path) in err
+
+
+def test_mask_for_another_model_is_rejected(tmp_path: Path) -> None:
+    from autosparse import apply_mask
+
+    path = tmp_path / "mask.pt"
+    Mask.dense(build_model("mlp", (1, 8, 8), 10)).save(path)
+    with pytest.raises(ValueError, match="does not fit the model"):
+        apply_mask(build_model("conv", (1, 8, 8), 10), Mask.load(path))
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_the_irp_stage_with_one_line(capsys, tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    code = main(["irp", "smoke", "--workspace", str(workspace), "--no-progress", "--set", "irp.train.lr=1e12"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(err.splitlines()) == 1 and "training loss became nan" in err
+    assert not (workspace / "irp").exists() or not [p for p in (workspace / "irp").iterdir()
+                                                    if not p.name.startswith(".")]
+
+
+def test_unreachable_ray_address_fails_fast(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = run_cli("irp", "smoke", "--workspace", str(tmp_path / "ws"), "--ray-address", "127.0.0.1:1")
+    err = result.stderr.strip()
+    assert result.returncode != 0 and "cannot reach Ray at '127.0.0.1:1'" in err and len(err.splitlines()) == 1
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "ws").exists()

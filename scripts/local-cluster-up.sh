@@ -6,7 +6,8 @@
 #
 # Environment (defaults): NUM_CPUS (2), MLFLOW_PORT (5000), RAY_PORT (6379),
 # DASHBOARD_PORT (8265), STATE_DIR (.local-cluster: MLflow SQLite DB, artifacts, logs,
-# pid), AUTOSPARSE_WORKSPACE (./autosparse-workspace), MLFLOW_START_TIMEOUT (120 s).
+# pid), AUTOSPARSE_WORKSPACE (./autosparse-workspace; a directory, not an s3:// or gs:// URI),
+# MLFLOW_START_TIMEOUT (120 s).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
@@ -21,7 +22,13 @@ mkdir -p "$STATE_DIR"
 STATE_DIR=$(cd "$STATE_DIR" && pwd)
 printf '*\n' >"$STATE_DIR/.gitignore"  # keep cluster state out of git
 workspace=${AUTOSPARSE_WORKSPACE:-$root/autosparse-workspace}
-case $workspace in /* | *://*) ;; *) workspace=$root/$workspace ;; esac
+case $workspace in
+  *://*)  # autosparse rejects these too
+    echo "AUTOSPARSE_WORKSPACE=$workspace: object-store URIs are not supported; use a filesystem path" >&2
+    exit 2 ;;
+  /*) ;;
+  *) workspace=$root/$workspace ;;
+esac
 
 # Use the project's virtualenv when present, so `ray`, `mlflow` and the jobs' `autosparse`
 # all come from it (job drivers inherit the PATH of `ray start`).

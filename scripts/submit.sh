@@ -30,7 +30,13 @@ extra=("${args[@]:1}")
 address=${RAY_JOB_ADDRESS:-http://127.0.0.1:8265}
 tracking_uri=${MLFLOW_TRACKING_URI:-http://127.0.0.1:${MLFLOW_PORT:-5000}}
 workspace=${AUTOSPARSE_WORKSPACE:-$root/autosparse-workspace}
-case $workspace in /* | *://*) ;; *) workspace=$root/$workspace ;; esac
+case $workspace in
+  *://*)  # autosparse rejects these too
+    echo "AUTOSPARSE_WORKSPACE=$workspace: object-store URIs are not supported; use a filesystem path" >&2
+    exit 2 ;;
+  /*) ;;
+  *) workspace=$root/$workspace ;;
+esac
 
 runtime_env_json=$(
   TRACKING_URI=$tracking_uri WORKSPACE=$workspace python - <<'PY'

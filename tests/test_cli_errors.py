@@ -110,3 +110,9 @@ def test_help_lists_every_verb(capsys):
     text = capsys.readouterr().out
     for verb in ("run", "irp", "fit-scorer", "matrix", "prune", "tune", "report", "ui"):
         assert verb in text
+
+
+def test_object_store_workspace_is_rejected(capsys, tmp_path):
+    code = main(["run", "smoke", "--workspace", "s3://bucket/ws"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "s3://bucket/ws" in err and "not supported" in err

@@ -70,7 +70,12 @@ def submit(address: str, env: dict, workspace: Path) -> tuple[str, str]:
     command = [RAY, "job", "submit", "--no-wait", "--address", address, "--working-dir", str(REPO), "--",
                sys.executable, "-m", "autosparse.cli", "run", "smoke", "--workspace", str(workspace),
                "--no-progress", *OVERRIDES]
-    submitted = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    deadline = time.monotonic() + 180
+    while True:  # the dashboard answers before its job agent is ready; Ray says to retry
+        submitted = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+        if "No available agent" not in submitted.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(3)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     job_id = re.search(r"raysubmit_\w+", submitted.stdout + submitted.stderr).group(0)
     client = JobSubmissionClient(address)

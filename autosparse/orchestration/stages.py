@@ -24,6 +24,11 @@ class StageStore:
     """Finished stages are complete directories; in-progress ones live under a temporary name."""
 
     def __init__(self, workspace: str | os.PathLike):
+        if "://" in str(workspace):
+            from ..schema import ConfigError
+
+            raise ConfigError(f"workspace {str(workspace)!r}: object-store URIs are not supported yet; use a path "
+                              "on a filesystem every node shares (NFS, EFS, Filestore, a ReadWriteMany volume)")
         self.workspace = Path(workspace).expanduser().resolve()
 
     def output(self, kind: str, digest: str) -> Path:

@@ -14,6 +14,10 @@ pytestmark = pytest.mark.slow
 REQUIRED_TAGS = ("target.model", "target.dataset", "method", "sparsity", "seed", "stage.hash")
 
 
+def cells_run(output: str) -> int:
+    return int(re.search(r"stages run this time: .*cell: (\d+)", output).group(1))
+
+
 def test_smoke_run_killed_resumed_and_skipped(smoke_run) -> None:
     workspace, total, done_before, resumed = smoke_run
     assert 3 <= done_before < total

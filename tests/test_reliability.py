@@ -54,7 +54,7 @@ def test_mask_for_another_model_is_rejected(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_nan_loss_stops_the_irp_stage_with_one_line(capsys, tmp_path: Path) -> None:
     workspace = tmp_path / "ws"
-    code = main(["irp", "smoke", "--workspace", str(workspace), "--no-progress", "--set", "irp.train.lr=1e12"])
+    code = main(["irp", "smoke", "--workspace", str(workspace), "--no-progress", "--set", "irp.train.lr=1000000000000.0"])
     err = capsys.readouterr().err.strip()
     assert code != 0
     assert len(err.splitlines()) == 1 and "training loss became nan" in err

@@ -99,7 +99,8 @@ def load_state(checkpoint_dir: Path) -> IRPState:
 
 def latest_checkpoint(store: StageStore, job: ChainJob) -> Optional[tuple[Path, IRPState]]:
     """The newest readable round checkpoint any earlier run of this chain left behind."""
-    for folder in sorted((store.workspace / "ray" / job.run_name).glob("checkpoint_*"), reverse=True):
+    folders = [p for p in (store.workspace / "ray" / job.run_name).glob("checkpoint_*") if p.is_dir()]
+    for folder in sorted(folders, reverse=True):
         try:
             return folder, load_state(folder)
         except (OSError, RuntimeError, KeyError, EOFError):

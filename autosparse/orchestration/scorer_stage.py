@@ -43,6 +43,3 @@ def execute_fit(config_data: dict, survival_paths: list[str], source_hashes: lis
         (folder / HISTORY_FILE).write_text(json.dumps(result.history, indent=2))
     return store.record("scorer", digest)
 
-
-def scorer_file(store: StageStore, digest: str) -> Path:
-    return store.output("scorer", digest) / SCORER_FILE

@@ -23,6 +23,24 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None, cwd: Path
                           timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd or REPO)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def single_thread():
+    """Tiny models: one intra-op thread is fastest and steady on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from autosparse.data import load_dataset
+
+    return load_dataset("digits")
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the in-process integration tests (2 CPUs, no dashboard)."""

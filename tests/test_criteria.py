@@ -13,14 +13,6 @@ from autosparse import CRITERIA, prunable_parameters
 from autosparse.criteria import GRASP_TEMPERATURE, erk_layer_densities, synflow_scores
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny ops: one intra-op thread is fastest and immune to oversubscription on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def single_linear(dtype=torch.float32) -> nn.Linear:
     torch.manual_seed(0)

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from autosparse.config import IRPChainConfig, IRPConfig, TrainConfig
-from autosparse.data import load_dataset
 from autosparse.irp import (IRPState, RoundRecord, chain_features, check_schedule, clone_state, density_after,
                             kept_after, run_irp, survival_metadata)
 from autosparse.masks import Mask, apply_mask, prunable_parameters
@@ -31,18 +30,6 @@ def chain_config(**irp_changes) -> IRPChainConfig:
     return IRPChainConfig("mlp", "digits", 0, replace(IRP, **irp_changes))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models train much faster (and steadier on a busy machine) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 class Recorder:

@@ -9,14 +9,6 @@ from torch import nn
 from autosparse import Mask, apply_mask, prunable_parameters, select_top_k
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny ops: one intra-op thread is fastest and immune to oversubscription on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def two_layer_net() -> nn.Sequential:
     torch.manual_seed(0)

@@ -15,18 +15,6 @@ from autosparse.sanity import invert_scores, reinit_seed, shuffle_mask
 from autosparse.training import NonFiniteLossError, evaluate, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny ops: one intra-op thread is fastest and immune to oversubscription on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def scores_for(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, torch.Tensor]:

@@ -27,13 +27,6 @@ FEATURES = ["w0_z", "g0_z"]  # real feature names, so a fitted scorer can score 
 ROUNDS, FRACTION = 3, 0.5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def synthetic(seed: int = 0, layer_sizes=(400, 300, 500, 200), model: str = "mlp") -> SurvivalDataset:
     """Survival is a step function of `w0_z` (0..3 with IRP's halving shares); `g0_z` is noise."""

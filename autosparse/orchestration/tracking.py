@@ -55,7 +55,12 @@ class Tracker:
                                          tags={"pipeline.hash": pipeline_hash, "autosparse.kind": "pipeline", **tags})
             self.parent_id = run.info.run_id
             self._log_params(self.parent_id, params)
-        self._logged = {r.data.tags["stage.hash"] for r in self._search("tags.`autosparse.kind` = 'stage'")}
+        self._logged = set()
+        for run in self._search("tags.`autosparse.kind` = 'stage'"):
+            if run.info.status == "FINISHED":
+                self._logged.add(run.data.tags["stage.hash"])
+            else:  # half-logged by a driver that was killed: log the stage again from scratch
+                self.client.delete_run(run.info.run_id)
 
     def _search(self, filter_string: str) -> list:
         return self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=50_000)

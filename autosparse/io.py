@@ -24,3 +24,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+
+
+def read_header(raw: Any, path: Path, error: type[Exception], expected_format: str, version: int,
+                container: str, kind: str) -> dict:
+    """Parse and check a file's JSON header (format name and version), raising `error` naming the file."""
+    try:
+        header = json.loads(raw) if raw else {}
+    except ValueError:
+        header = None
+    if not isinstance(header, dict):
+        raise error(f"{str(path)!r} has a malformed {kind} header")
+    if header.get("format") != expected_format:
+        raise error(f"{str(path)!r} is a {container} but not an autosparse {kind}")
+    if header.get("format_version") != version:
+        raise error(f"{str(path)!r} has {kind} format version {header.get('format_version')}, "
+                    f"this autosparse reads version {version}")
+    return header

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from .io import atomic_write
+from .io import atomic_write, read_header
 
 FORMAT = "autosparse.survival"
 FORMAT_VERSION = 1
@@ -79,17 +79,8 @@ def read_metadata(path: Path) -> dict[str, Any]:
         raise SurvivalFormatError(f"{str(path)!r} is not a readable survival dataset (truncated or foreign file: "
                                   f"{str(error).splitlines()[0]})") from None
     raw = (schema.metadata or {}).get(METADATA_KEY)
-    try:
-        meta = json.loads(raw) if raw else {}
-    except ValueError:
-        meta = None
-    if not isinstance(meta, dict):
-        raise SurvivalFormatError(f"{str(path)!r} has a malformed autosparse header")
-    if meta.get("format") != FORMAT:
-        raise SurvivalFormatError(f"{str(path)!r} is a Parquet file but not an autosparse survival dataset")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise SurvivalFormatError(f"{str(path)!r} has survival format version {meta.get('format_version')}, "
-                                  f"this autosparse reads version {FORMAT_VERSION}")
+    meta = read_header(raw, path, SurvivalFormatError, FORMAT, FORMAT_VERSION, "Parquet file",
+                       "survival dataset")
     return meta
 
 

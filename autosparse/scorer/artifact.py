@@ -13,7 +13,7 @@ from torch import nn
 
 from ..criteria import ScoringContext, Scores
 from ..features import FEATURES, compute_features
-from ..io import atomic_write
+from ..io import atomic_write, read_header
 from ..masks import prunable_parameters
 from .fit import FitResult, Normalization, predict
 from .networks import SCORER_NETWORKS
@@ -80,17 +80,7 @@ def load_scorer(path: str | os.PathLike) -> Scorer:
     except (SafetensorError, OSError, ValueError) as error:
         raise ScorerFormatError(f"{str(path)!r} is not a readable scorer file (truncated or foreign: "
                                 f"{str(error).splitlines()[0]})") from None
-    try:
-        header = json.loads(raw) if raw else {}
-    except ValueError:
-        header = None
-    if not isinstance(header, dict):
-        raise ScorerFormatError(f"{str(path)!r} has a malformed scorer header")
-    if header.get("format") != FORMAT:
-        raise ScorerFormatError(f"{str(path)!r} is a safetensors file but not an autosparse scorer")
-    if header.get("format_version") != FORMAT_VERSION:
-        raise ScorerFormatError(f"{str(path)!r} has scorer format version {header.get('format_version')}, "
-                                f"this autosparse reads version {FORMAT_VERSION}")
+    header = read_header(raw, path, ScorerFormatError, FORMAT, FORMAT_VERSION, "safetensors file", "scorer")
     for item in header["features"]:
         if item["name"] not in FEATURES:
             raise ScorerFormatError(f"{str(path)!r} uses feature {item['name']!r}, unknown to this autosparse")

@@ -132,17 +132,23 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import regenerate_reports
 
-    workspace = Path(args.report_workspace or args.workspace)
-    for folder, table in regenerate_reports(workspace):
+    from .orchestration.stages import StageStore
+
+    store = StageStore(args.report_workspace or args.workspace)
+    if store.remote and store.list_dirs("reports"):
+        store.pull("reports")
+    for folder, table in regenerate_reports(store.local):
         print(table)
         print(f"report: {folder}")
+    store.push("reports")
     return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from .orchestration.stages import StageStore
     from .orchestration.tracking import default_tracking_uri
 
-    uri = default_tracking_uri(Path(args.workspace).resolve())
+    uri = default_tracking_uri(StageStore(args.workspace).local)
     print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C to stop)")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,

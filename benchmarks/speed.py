@@ -2,7 +2,8 @@
 computation, IRP per-round overhead on Ray Train, matrix throughput at 1 vs 2 Ray workers, and Ray /
 MLflow start-up costs. Prints a Markdown table and saves it (plus JSON) under benchmarks/results/.
 
-    .venv/bin/python benchmarks/speed.py [--repeats 3] [--paper-rows 500000] [--out benchmarks/results]
+    .venv/bin/python benchmarks/speed.py [--repeats 3] [--paper-rows 500000] [--device cpu|cuda]
+                                         [--sections inference,startup,ray] [--out benchmarks/results]
 """
 from __future__ import annotations
 
@@ -31,11 +32,16 @@ from autosparse.config import TRANSFERABLE_FEATURES
 PAPER_BATCH = 8192
 
 
+SECTIONS = ("inference", "startup", "ray")
+
+
 def median_time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
         fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
@@ -50,24 +56,30 @@ def untrained_scorer(network: str, features: list[str], hidden: list[int]) -> Sc
     return Scorer(net, norm, header)
 
 
-def paper_way(scorer: Scorer, features: torch.Tensor) -> None:
-    """The reference implementation's loop: a DataLoader over per-weight rows, batches of 8192."""
+def paper_way(scorer: Scorer, features: torch.Tensor, device: torch.device) -> None:
+    """The reference implementation's loop: a DataLoader over per-weight rows, batches of 8192, each
+    moved to the scorer's device."""
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(features), batch_size=PAPER_BATCH)
+    network, normalization = scorer.network.to(device), scorer.normalization.to(device)
     outputs = []
     with torch.no_grad():
         for (batch,) in loader:
-            outputs.append(scorer.network(scorer.normalization(batch)))
-    torch.cat(outputs)
+            outputs.append(network(normalization(batch.to(device))))
+    torch.cat(outputs).cpu()
 
 
-def inference_rows(repeats: int, paper_rows: int) -> list[dict]:
-    model = build_model("resnet18", (3, 32, 32), 10, seed=0)
+def inference_rows(repeats: int, paper_rows: int, device: torch.device) -> list[dict]:
+    """ResNet-18 (CIFAR-10 shape) on `device`: features, chunked scoring, the paper's loop, end to end."""
+    model = build_model("resnet18", (3, 32, 32), 10, seed=0).to(device)
     weights = sum(p.numel() for p in prunable_parameters(model).values())
     generator = torch.Generator().manual_seed(0)
-    batch = (torch.randn(256, 3, 32, 32, generator=generator), torch.randint(0, 10, (256,), generator=generator))
+    batch = (torch.randn(256, 3, 32, 32, generator=generator).to(device),
+             torch.randint(0, 10, (256,), generator=generator).to(device))
     rows = []
     compact = untrained_scorer("compact_mlp", TRANSFERABLE_FEATURES, [32, 32])
     paper = untrained_scorer("paper_mlp", ["w0", "g0"], [])
+    for scorer in (compact, paper):
+        scorer.network.to(device)
     for name, scorer in (("compact_mlp (7 features, 32-32)", compact), ("paper_mlp (w0, g0)", paper)):
         seconds = median_time(lambda: compute_features(model, [batch], scorer.feature_names), repeats)
         rows.append({"what": f"features for {name}, ResNet-18", "weights": weights, "seconds": seconds})
@@ -76,7 +88,7 @@ def inference_rows(repeats: int, paper_rows: int) -> list[dict]:
                               repeats)
         rows.append({"what": f"score: {name}, chunked (autosparse)", "weights": weights, "seconds": seconds})
     sample = torch.cat(list(compute_features(model, [batch], paper.feature_names).values()))[:paper_rows]
-    seconds = median_time(lambda: paper_way(paper, sample), max(1, repeats - 1))
+    seconds = median_time(lambda: paper_way(paper, sample, device), max(1, repeats - 1))
     rows.append({"what": f"score: paper_mlp, DataLoader batch 8192 (paper's way; {len(sample):,} rows timed, "
                  "extrapolated)", "weights": weights, "seconds": seconds * weights / len(sample)})
     end_to_end = median_time(lambda: compact(ScoringContext(model, [batch], 0.02)), repeats)
@@ -156,24 +168,15 @@ def ray_rows(repeats: int) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--paper-rows", type=int, default=500_000, help="rows timed for the paper's way")
-    parser.add_argument("--skip-ray", action="store_true", help="only the inference and start-up rows")
-    parser.add_argument("--out", default="benchmarks/results")
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    rows = inference_rows(args.repeats, args.paper_rows)
+def speedup_row(rows: list[dict]) -> dict:
     compact = next(r for r in rows if r["what"].startswith("score: compact"))["seconds"]
     paper = next(r for r in rows if "paper's way" in r["what"])["seconds"]
-    rows.append({"what": "speed-up: compact chunked vs paper_mlp the paper's way", "weights": None,
-                 "seconds": None, "rate": paper / compact})
-    rows += startup_rows(args.repeats)
-    if not args.skip_ray:
-        rows += ray_rows(args.repeats)
-    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-             f"median of {args.repeats} repetitions.", "", "| measurement | weights | seconds | rate |", "|---|---|---|---|"]
+    return {"what": "speed-up: compact chunked vs paper_mlp the paper's way", "weights": None, "seconds": None,
+            "rate": paper / compact}
+
+
+def markdown_table(rows: list[dict]) -> list[str]:
+    lines = ["| measurement | weights | seconds | rate |", "|---|---|---|---|"]
     for r in rows:
         weights = f"{r['weights']:,}" if r.get("weights") else ""
         seconds = f"{r['seconds']:.2f}" if r.get("seconds") is not None else ""
@@ -181,6 +184,35 @@ def main() -> None:
         rate_text = f"{rate:.1f}" + ("x" if "speed-up" in r["what"] else " cells/min") if rate else (
             f"{r['weights'] / r['seconds'] / 1e6:.2f} M weights/s" if r.get("weights") and r.get("seconds") else "")
         lines.append(f"| {r['what']} | {weights} | {seconds} | {rate_text} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--paper-rows", type=int, default=500_000, help="rows timed for the paper's way")
+    parser.add_argument("--device", default="cpu", help="where the inference rows run (cpu or cuda)")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of "
+                        + ", ".join(SECTIONS))
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    sections = args.sections.split(",")
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
+    device = torch.device(args.device)
+    torch.set_num_threads(os.cpu_count() or 1)
+    rows = []
+    if "inference" in sections:
+        rows += inference_rows(args.repeats, args.paper_rows, device)
+        rows.append(speedup_row(rows))
+    if "startup" in sections:
+        rows += startup_rows(args.repeats)
+    if "ray" in sections:
+        rows += ray_rows(args.repeats)
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{os.cpu_count()} CPU cores"
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {where}, torch {torch.__version__}, "
+             f"median of {args.repeats} repetitions.", "", *markdown_table(rows)]
     table = "\n".join(lines) + "\n"
     print(table)
     out = Path(args.out)

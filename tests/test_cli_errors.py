@@ -112,7 +112,17 @@ def test_help_lists_every_verb(capsys):
         assert verb in text
 
 
-def test_object_store_workspace_is_rejected(capsys, tmp_path):
+def test_unreachable_object_store_workspace(capsys, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     code = main(["run", "smoke", "--workspace", "s3://bucket/ws"])
     err = capsys.readouterr().err.strip()
-    assert code != 0 and "s3://bucket/ws" in err and "not supported" in err
+    assert code != 0 and len(err.splitlines()) == 1
+    assert "'s3://bucket/ws' is not reachable" in err and "Could not connect" in err
+
+
+def test_unknown_workspace_scheme(capsys):
+    code = main(["run", "smoke", "--workspace", "nosuchfs://bucket/ws"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1 and "'nosuchfs://bucket/ws': no filesystem" in err

@@ -26,7 +26,7 @@ def chain(rounds: int = 4) -> IRPChainConfig:
 
 
 def checkpoints(store: StageStore, job: ChainJob) -> list[Path]:
-    return sorted(p for p in (store.workspace / "ray" / job.run_name).glob("checkpoint_*") if p.is_dir())
+    return sorted(p for p in (store.local / "ray" / job.run_name).glob("checkpoint_*") if p.is_dir())
 
 
 def kill_worker_after(store: StageStore, job: ChainJob, reported_rounds: int, timeout: float = 300) -> int:

@@ -67,11 +67,9 @@ def irp_train_loop(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     dataset = load_dataset(chain.dataset, data.data_root, data.download).to(device)
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:  # a restart within this run (e.g. after a worker died)
-        with checkpoint.as_directory() as folder:
-            state = load_state(Path(folder))
-    else:  # a new run continuing an interrupted one (a driver restart), or a fresh chain
-        state = load_state(Path(loop_config["resume_from"])) if loop_config["resume_from"] else None
+    if checkpoint is None and loop_config["resume_from"]:  # a new run continuing an interrupted one
+        checkpoint = ray.train.Checkpoint(loop_config["resume_from"], StageStore(loop_config["workspace"]).fs)
+    state = read_checkpoint(checkpoint) if checkpoint is not None else None
 
     def on_round(state: IRPState, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         record = state.history[-1]
@@ -92,17 +90,20 @@ def irp_train_loop(loop_config: dict) -> None:
             on_round=on_round)
 
 
-def load_state(checkpoint_dir: Path) -> IRPState:
-    saved = torch.load(checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=True)
+def read_checkpoint(checkpoint) -> IRPState:
+    """The IRP state in a Ray Train checkpoint (local or on shared storage)."""
+    with checkpoint.as_directory() as folder:
+        saved = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
     return IRPState.from_tensors(saved["state"])
 
 
-def latest_checkpoint(store: StageStore, job: ChainJob) -> Optional[tuple[Path, IRPState]]:
-    """The newest readable round checkpoint any earlier run of this chain left behind."""
-    folders = [p for p in (store.workspace / "ray" / job.run_name).glob("checkpoint_*") if p.is_dir()]
-    for folder in sorted(folders, reverse=True):
+def latest_checkpoint(store: StageStore, job: ChainJob) -> Optional[tuple[str, IRPState]]:
+    """The newest readable round checkpoint any earlier run of this chain left behind (its path on store.fs)."""
+    from ray.train import Checkpoint
+
+    for path in reversed(store.list_dirs(f"ray/{job.run_name}", "checkpoint_")):
         try:
-            return folder, load_state(folder)
+            return path, read_checkpoint(Checkpoint(path, store.fs))
         except (OSError, RuntimeError, KeyError, EOFError):
             continue  # a checkpoint cut short by a crash: fall back to the one before
     return None
@@ -123,19 +124,23 @@ def fit_chain(job: ChainJob, data: DataConfig, store: StageStore, max_failures: 
         return previous[1]
     trainer = TorchTrainer(
         irp_train_loop,
-        train_loop_config={"chain": to_dict(job.chain), "data": to_dict(data),
-                           "resume_from": str(previous[0]) if previous else None},
+        train_loop_config={"chain": to_dict(job.chain), "data": to_dict(data), "workspace": store.location,
+                           "resume_from": previous[0] if previous else None},
         scaling_config=ScalingConfig(num_workers=irp.num_workers, use_gpu=irp.use_gpu,
                                      resources_per_worker={"CPU": irp.cpus_per_worker, **({"GPU": 1} if irp.use_gpu else {})}),
-        run_config=RunConfig(name=job.run_name, storage_path=str(store.workspace / "ray"),
+        run_config=RunConfig(name=job.run_name, storage_path=store.path("ray"), storage_filesystem=store.fs,
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"IRP chain {job.label} finished without a checkpoint")
-    with result.checkpoint.as_directory() as folder:
-        return load_state(Path(folder))
+    return read_checkpoint(result.checkpoint)
+
+
+def survival_path(store: StageStore, digest: str) -> Path:
+    """A finished chain's survival dataset on this node (fetched from a shared workspace if needed)."""
+    return store.output("irp", digest) / SURVIVAL_FILE
 
 
 def finalize_chain(job: ChainJob, state: IRPState, data: DataConfig, store: StageStore) -> Path:
@@ -147,4 +152,4 @@ def finalize_chain(job: ChainJob, state: IRPState, data: DataConfig, store: Stag
     record = {"label": job.label, "config": to_dict(job.chain), "history": metadata["history"]}
     with store.writing("irp", job.digest, record) as folder:
         write_survival(folder / SURVIVAL_FILE, features, list(job.chain.irp.features), state.survival, metadata)
-    return store.output("irp", job.digest) / SURVIVAL_FILE
+    return survival_path(store, job.digest)

@@ -32,8 +32,9 @@ class CellJob:
         return cls(spec, stage_hash("cell", spec, [spec.scorer] if spec.scorer else []))
 
 
-def scorer_path(workspace: Path, spec: CellSpec) -> Optional[Path]:
-    return workspace / "scorer" / spec.scorer / SCORER_FILE if spec.method == AUTOS else None
+def scorer_path(store: StageStore, spec: CellSpec) -> Optional[Path]:
+    """The cell's scorer file on this node (fetched from a shared workspace if needed)."""
+    return store.output("scorer", spec.scorer) / SCORER_FILE if spec.method == AUTOS else None
 
 
 def device_for(gpus: float) -> torch.device:
@@ -49,7 +50,7 @@ def execute_cell(spec_data: dict, data_config: dict, workspace: str, gpus: float
     if store.done("cell", job.digest):
         return json.loads((store.output("cell", job.digest) / RESULT_FILE).read_text())
     dataset = load_dataset(spec.target.dataset, data.data_root, data.download).to(device_for(gpus))
-    result = run_cell(spec, dataset, scorer_path(store.workspace, spec))
+    result = run_cell(spec, dataset, scorer_path(store, spec))
     with store.writing("cell", job.digest, {"label": spec.label, "spec": to_dict(spec)}) as folder:
         (folder / RESULT_FILE).write_text(json.dumps(result, indent=2))
     return result
@@ -65,7 +66,7 @@ def cell_train_loop(loop_config: dict) -> None:
     spec, data = from_dict(CellSpec, loop_config["spec"]), from_dict(DataConfig, loop_config["data"])
     context = ray.train.get_context()
     dataset = load_dataset(spec.target.dataset, data.data_root, data.download).to(ray.train.torch.get_device())
-    result = run_cell(spec, dataset, scorer_path(Path(loop_config["workspace"]), spec),
+    result = run_cell(spec, dataset, scorer_path(StageStore(loop_config["workspace"]), spec),
                       shard=Shard(context.get_world_rank(), context.get_world_size()),
                       wrap=ray.train.torch.prepare_model, agree=_broadcast_mask)
     with tempfile.TemporaryDirectory() as folder:
@@ -83,9 +84,9 @@ def execute_cell_distributed(job: CellJob, data: DataConfig, store: StageStore, 
     use_gpu = matrix.gpus_per_cell > 0
     trainer = TorchTrainer(
         cell_train_loop,
-        train_loop_config={"spec": to_dict(job.spec), "data": to_dict(data), "workspace": str(store.workspace)},
+        train_loop_config={"spec": to_dict(job.spec), "data": to_dict(data), "workspace": store.location},
         scaling_config=ScalingConfig(num_workers=matrix.workers_per_run, use_gpu=use_gpu),
-        run_config=RunConfig(name=f"cell-{job.digest}", storage_path=str(store.workspace / "ray")),
+        run_config=RunConfig(name=f"cell-{job.digest}", storage_path=store.path("ray"), storage_filesystem=store.fs),
     )
     with trainer.fit().checkpoint.as_directory() as folder:
         result = json.loads((Path(folder) / RESULT_FILE).read_text())
@@ -118,7 +119,7 @@ def run_cells(jobs: list[CellJob], data: DataConfig, store: StageStore, matrix: 
     task = ray.remote(execute_cell).options(num_cpus=matrix.cpus_per_cell, num_gpus=matrix.gpus_per_cell,
                                             max_retries=3)
     threads = max(1, int(matrix.cpus_per_cell))
-    refs = {task.remote(to_dict(job.spec), to_dict(data), str(store.workspace), matrix.gpus_per_cell, threads): job
+    refs = {task.remote(to_dict(job.spec), to_dict(data), store.location, matrix.gpus_per_cell, threads): job
             for job in pending}
     while refs:
         ready, _ = ray.wait(list(refs), num_returns=1)

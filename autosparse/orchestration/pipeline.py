@@ -17,7 +17,7 @@ from ..models import resolve_factory
 from ..report import CellRecord, irp_reference_records, write_report
 from ..schema import ConfigError, content_hash, to_dict
 from ..scorer import SCORER_NETWORKS
-from .irp_stage import SURVIVAL_FILE, ChainJob, finalize_chain, fit_chain
+from .irp_stage import ChainJob, finalize_chain, fit_chain
 from .matrix_stage import CellJob, run_cells
 from .scorer_stage import execute_fit, scorer_digest
 from .stages import STAGE_KINDS, StageStore
@@ -65,7 +65,7 @@ class ScorerJob:
 
 @dataclass
 class PipelineResult:
-    workspace: Path
+    workspace: str
     table: str = ""
     report_files: list[Path] = field(default_factory=list)
     records: list[CellRecord] = field(default_factory=list)
@@ -88,7 +88,7 @@ class Pipeline:
         self.progress = progress
         self.echo = echo
         self.digest = pipeline_hash(config)
-        self.tracking_uri = tracking_uri or default_tracking_uri(self.store.workspace)
+        self.tracking_uri = tracking_uri or default_tracking_uri(self.store.local)
         self.sources = self._unique([ChainJob.of(config.chain(s.model, s.dataset, s.seed)) for s in config.sources])
         matrix = config.matrix
         reference_seeds = matrix.seeds[:1]
@@ -170,7 +170,7 @@ class Pipeline:
             if kind not in STAGE_KINDS:
                 raise ConfigError(f"--force: unknown stage {kind!r} (stages: {', '.join(STAGE_KINDS)})")
             self.store.remove(kind)
-        result = PipelineResult(self.store.workspace, parent_run_id=tracker.parent_id,
+        result = PipelineResult(self.store.location, parent_run_id=tracker.parent_id,
                                 experiment_id=tracker.experiment_id)
         status = "FAILED"
         try:
@@ -240,9 +240,8 @@ class Pipeline:
 
             self.echo(f"AutoS: fitting {len(pending)} scorer(s)")
             task = ray.remote(execute_fit).options(num_cpus=1, max_retries=2)
-            refs = [task.remote(to_dict(job.config), [str(self.store.output("irp", s.digest) / SURVIVAL_FILE)
-                                                     for s in job.sources],
-                                [s.digest for s in job.sources], str(self.store.workspace)) for job in pending]
+            refs = [task.remote(to_dict(job.config), [s.digest for s in job.sources], self.store.location)
+                    for job in pending]
             ray.get(refs)
         for job in self.scorers:
             record = self.store.record("scorer", job.digest)
@@ -300,7 +299,8 @@ class Pipeline:
         return records, len(pending)
 
     def write_report(self, records: list[CellRecord]) -> tuple[str, list[Path]]:
-        folder = self.store.workspace / "reports" / self.digest
+        folder = self.store.local / "reports" / self.digest
         table, files = write_report(records, folder, f"autosparse report: {self.config.name} ({self.digest})")
+        self.store.push(f"reports/{self.digest}")
         self.tracker.log_parent_artifacts(files)
         return table, files

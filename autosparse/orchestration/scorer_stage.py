@@ -9,6 +9,7 @@ from ..config import ScorerConfig
 from ..schema import from_dict, to_dict
 from ..scorer import fit_scorer, scorer_from_fit
 from ..survival import read_survival
+from .irp_stage import survival_path
 from .matrix_stage import SCORER_FILE
 from .stages import StageStore, stage_hash
 
@@ -19,16 +20,16 @@ def scorer_digest(config: ScorerConfig, source_hashes: list[str]) -> str:
     return stage_hash("scorer", config, source_hashes)
 
 
-def execute_fit(config_data: dict, survival_paths: list[str], source_hashes: list[str], workspace: str,
-                threads: int = 1, progress: bool = False) -> dict:
-    """Fit one scorer on the given survival datasets and write it as a finished stage."""
+def execute_fit(config_data: dict, source_hashes: list[str], workspace: str, threads: int = 1,
+                progress: bool = False) -> dict:
+    """Fit one scorer on the survival datasets of the given IRP stages and write it as a finished stage."""
     torch.set_num_threads(max(1, threads))
     config = from_dict(ScorerConfig, config_data)
     store = StageStore(workspace)
     digest = scorer_digest(config, source_hashes)
     if store.done("scorer", digest):
         return store.record("scorer", digest)
-    datasets = [read_survival(p) for p in survival_paths]
+    datasets = [read_survival(survival_path(store, h)) for h in source_hashes]
     result = fit_scorer(datasets, config, progress=progress)
     sources = [{"stage_hash": h, "model": d.metadata["model"], "dataset": d.metadata["dataset"],
                 "seed": d.metadata["seed"], "config_hash": d.metadata["config_hash"]}

@@ -1,18 +1,28 @@
-"""Content-addressed stage outputs: `<workspace>/<kind>/<hash>/`, created only by an atomic rename."""
+"""Content-addressed stage outputs, `<workspace>/<kind>/<hash>/`, on a local path or a shared-storage URI.
+
+A stage counts as finished once its marker file (`stage.json`) exists. On a local (or shared POSIX)
+path a stage directory appears by one atomic rename. On an object store (`s3://`, `gs://`, or any
+pyarrow/fsspec filesystem) the files are uploaded first and the marker last, so a half-uploaded stage is
+never seen as finished; each node keeps a local cache of the stages it has read or written.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
-from ..schema import content_hash, to_dict
+import pyarrow.fs as pafs
+
+from ..schema import ConfigError, content_hash, to_dict
 
 STAGE_KINDS = ("irp", "scorer", "cell")
 MARKER = "stage.json"
+CACHE_ENV = "AUTOSPARSE_CACHE"
 
 
 def stage_hash(kind: str, config: Any, inputs: list[str] = ()) -> str:
@@ -20,52 +30,162 @@ def stage_hash(kind: str, config: Any, inputs: list[str] = ()) -> str:
     return content_hash({"kind": kind, "config": to_dict(config), "inputs": sorted(inputs)})
 
 
+def is_uri(location: str | os.PathLike) -> bool:
+    return "://" in str(location)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def open_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and root path for a URI: pyarrow's own (s3, gs, hdfs, file), else fsspec's."""
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except OSError as error:
+        raise ConfigError(f"workspace {uri!r} is not reachable: {_first_line(error)}") from None
+    except ValueError as arrow_error:  # a scheme pyarrow does not know
+        import fsspec
+
+        try:
+            fs, path = fsspec.core.url_to_fs(uri)
+        except (ValueError, ImportError, OSError) as error:
+            raise ConfigError(f"workspace {uri!r}: no filesystem for this URI ({_first_line(error)}; "
+                              f"pyarrow: {_first_line(arrow_error)})") from None
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def default_cache(uri: str) -> Path:
+    base = Path(os.environ.get(CACHE_ENV) or "~/.cache/autosparse/workspaces").expanduser()
+    return base / hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+def _replace_dir(tmp: Path, final: Path, exists: bool) -> None:
+    """Rename `tmp` to `final`; if another writer got there first (`exists`), drop `tmp`."""
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not exists:
+            raise
+        shutil.rmtree(tmp)
+
+
 class StageStore:
-    """Finished stages are complete directories; in-progress ones live under a temporary name."""
+    """Finished stages of one workspace, which is a local path or a URI shared by every node.
 
-    def __init__(self, workspace: str | os.PathLike):
-        if "://" in str(workspace):
-            from ..schema import ConfigError
+    `location` is what to hand to Ray tasks (they open their own store); `local` is a folder on this
+    machine holding the workspace itself (path workspaces) or this node's cache of it (URI workspaces).
+    """
 
-            raise ConfigError(f"workspace {str(workspace)!r}: object-store URIs are not supported yet; use a path "
-                              "on a filesystem every node shares (NFS, EFS, Filestore, a ReadWriteMany volume)")
-        self.workspace = Path(workspace).expanduser().resolve()
+    def __init__(self, workspace: str | os.PathLike, cache: str | os.PathLike | None = None):
+        if is_uri(workspace):
+            self.location = str(workspace).rstrip("/")
+            self.fs, self.root = open_filesystem(self.location)
+            self.remote = not isinstance(self.fs, pafs.LocalFileSystem)
+            self.local = Path(cache).expanduser() if cache else (
+                default_cache(self.location) if self.remote else Path(self.root))
+            try:
+                self.fs.get_file_info(self.root)
+            except OSError as error:
+                raise ConfigError(f"workspace {self.location!r} is not reachable: {_first_line(error)}") from None
+        else:
+            self.local = Path(workspace).expanduser().resolve()
+            self.location, self.fs, self.root, self.remote = str(self.local), pafs.LocalFileSystem(), str(self.local), False
 
-    def output(self, kind: str, digest: str) -> Path:
-        return self.workspace / kind / digest
+    def path(self, *parts: str) -> str:
+        """A path inside the workspace, as its filesystem (`self.fs`) names it."""
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def uri(self, *parts: str) -> str:
+        return "/".join([self.location, *parts])
+
+    def _is_file(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type == pafs.FileType.File
 
     def done(self, kind: str, digest: str) -> bool:
-        return (self.output(kind, digest) / MARKER).is_file()
+        if (self.local / kind / digest / MARKER).is_file():
+            return True
+        return self.remote and self._is_file(self.path(kind, digest, MARKER))
+
+    def output(self, kind: str, digest: str) -> Path:
+        """The local folder of a stage; a finished remote stage is downloaded into the cache first."""
+        folder = self.local / kind / digest
+        if self.remote and not (folder / MARKER).is_file() and self._is_file(self.path(kind, digest, MARKER)):
+            self.pull(f"{kind}/{digest}")
+        return folder
 
     def record(self, kind: str, digest: str) -> dict:
         return json.loads((self.output(kind, digest) / MARKER).read_text())
 
     def finished(self, kind: str) -> list[str]:
-        folder = self.workspace / kind
-        return sorted(p.name for p in folder.iterdir() if (p / MARKER).is_file()) if folder.is_dir() else []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(kind), allow_not_found=True, recursive=True))
+        base = self.path(kind).rstrip("/") + "/"
+        names = {info.path[len(base):].split("/")[0] for info in infos
+                 if info.path.startswith(base) and info.path[len(base):].count("/") == 1
+                 and info.path.endswith("/" + MARKER)}
+        return sorted(name for name in names if not name.startswith("."))
 
     @contextmanager
     def writing(self, kind: str, digest: str, record: dict) -> Iterator[Path]:
-        """Yield a temporary directory; on success write the marker and rename it into place."""
-        final = self.output(kind, digest)
+        """Yield a temporary directory; on success write the marker and publish it as the finished stage."""
+        final = self.local / kind / digest
         tmp = final.parent / f".tmp-{digest}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         try:
             yield tmp
-            (tmp / MARKER).write_text(json.dumps({"kind": kind, "hash": digest, **record}, indent=2, sort_keys=True))
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not self.done(kind, digest):
-                    raise
-                shutil.rmtree(tmp)  # another writer finished the same stage first
+            marker = json.dumps({"kind": kind, "hash": digest, **record}, indent=2, sort_keys=True)
+            if self.remote:
+                self._upload(tmp, self.path(kind, digest), last={MARKER: marker})
+            (tmp / MARKER).write_text(marker)
+            _replace_dir(tmp, final, exists=(final / MARKER).is_file())
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def _upload(self, folder: Path, destination: str, last: Optional[dict[str, str]] = None) -> None:
+        """Copy a local folder's files up, then write the `last` files (the commit point)."""
+        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+            relative = file.relative_to(folder).as_posix()
+            pafs.copy_files(str(file), f"{destination}/{relative}", source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=self.fs)
+        for name, text in (last or {}).items():
+            with self.fs.open_output_stream(f"{destination}/{name}") as stream:
+                stream.write(text.encode())
+
+    def push(self, relative: str) -> None:
+        """Upload a local folder of the workspace (reports, tuning results) to the shared workspace."""
+        if self.remote:
+            self._upload(self.local / relative, self.path(relative))
+
+    def pull(self, relative: str) -> Path:
+        """Download a folder of the shared workspace into the local cache (atomically); returns it."""
+        final = self.local / relative
+        if not self.remote:
+            return final
+        tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        try:
+            pafs.copy_files(self.path(relative), str(tmp), source_filesystem=self.fs,
+                            destination_filesystem=pafs.LocalFileSystem())
+            if final.exists() and not (final / MARKER).is_file():
+                shutil.rmtree(final)  # a stale cache copy of a non-stage folder: the shared one wins
+            _replace_dir(tmp, final, exists=final.exists())
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
+
+    def list_dirs(self, relative: str, prefix: str = "") -> list[str]:
+        """Paths (as `self.fs` names them) of the sub-folders of a workspace folder starting with `prefix`."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(relative), allow_not_found=True))
+        return sorted(i.path for i in infos if i.type == pafs.FileType.Directory
+                      and i.path.rstrip("/").rsplit("/", 1)[-1].startswith(prefix))
 
     def remove(self, kind: str) -> int:
         """Delete every finished output of one stage kind (for --force); returns how many."""
         names = self.finished(kind)
         for name in names:
-            shutil.rmtree(self.output(kind, name))
+            if self.remote:
+                self.fs.delete_dir(self.path(kind, name))
+            shutil.rmtree(self.local / kind / name, ignore_errors=True)
         return len(names)

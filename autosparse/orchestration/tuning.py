@@ -13,8 +13,9 @@ from ..io import atomic_write
 from ..schema import ConfigError, content_hash, from_dict, to_dict
 from ..survival import read_survival
 from ..tuning_space import TuneSpace, load_space
-from .irp_stage import SURVIVAL_FILE
+from .irp_stage import survival_path
 from .pipeline import Pipeline
+from .stages import StageStore
 from .tracking import Tracker, default_tracking_uri, params_of
 
 BEST_CONFIG_FILE = "best_scorer.yaml"
@@ -22,8 +23,16 @@ BEST_SCORER_FILE = "best_scorer.safetensors"
 RESULTS_FILE = "results.md"
 
 
-def scorer_trial(config: dict, space_data: dict, sources: list[str], held_out: list[str], downstream: dict) -> None:
-    """One Tune trial: fit a scorer, reporting held-out proxy metrics every epoch (or downstream accuracy)."""
+def read_chains(workspace: str, digests: list[str]) -> list:
+    store = StageStore(workspace)
+    return [read_survival(survival_path(store, digest)) for digest in digests]
+
+
+def scorer_trial(config: dict, space_data: dict, workspace: str, sources: list[str], held_out: list[str],
+                 downstream: dict) -> None:
+    """One Tune trial: fit a scorer, reporting held-out proxy metrics every epoch (or downstream accuracy).
+
+    `sources` and `held_out` are IRP stage hashes in `workspace`."""
     from ray import tune
 
     space = from_dict(TuneSpace, space_data)
@@ -31,9 +40,9 @@ def scorer_trial(config: dict, space_data: dict, sources: list[str], held_out: l
     torch.set_num_threads(max(1, int(space.cpus_per_trial)))
     from ..scorer import fit_scorer
 
-    datasets = [read_survival(p) for p in sources]
+    datasets = read_chains(workspace, sources)
     if space.objective == "proxy":
-        fit_scorer(datasets, scorer_config, held_out=[read_survival(p) for p in held_out],
+        fit_scorer(datasets, scorer_config, held_out=read_chains(workspace, held_out),
                    on_epoch=lambda epoch, metrics: tune.report(metrics))
         return
     tune.report({"downstream_accuracy": downstream_accuracy(fit_scorer(datasets, scorer_config), scorer_config,
@@ -86,22 +95,25 @@ def run_tuning(args: argparse.Namespace) -> int:
                           "set matrix.irp_reference: true (target IRP chains)")
     pipeline.connect_tracking()
     pipeline.run_chains(pipeline.sources + pipeline.references)
-    survival = lambda jobs: [str(pipeline.store.output("irp", j.digest) / SURVIVAL_FILE) for j in jobs]  # noqa: E731
-    sources, held_out = survival(pipeline.sources), survival(pipeline.references)
+    store = pipeline.store
+    sources, held_out = [j.digest for j in pipeline.sources], [j.digest for j in pipeline.references]
 
     digest = content_hash({"space": to_dict(space), "base": pipeline.digest})
-    folder = pipeline.store.workspace / "tune" / f"tune-{digest}"
-    uri = args.tracking_uri or default_tracking_uri(pipeline.store.workspace)
+    name = f"tune-{digest}"
+    folder = store.local / "tune" / name
+    search_path = store.path("tune", name)
+    uri = args.tracking_uri or default_tracking_uri(store.local)
     experiment = f"autosparse-tune-{base.name}"
     tracker = Tracker(uri, experiment, digest, params_of(space), {"pipeline.name": base.name, "tune.space": args.space})
     downstream = {"target": to_dict(base.matrix.targets[0]), "train": to_dict(base.matrix.train)}
     trainable = tune.with_resources(
-        functools.partial(scorer_trial, space_data=to_dict(space), sources=sources, held_out=held_out,
-                          downstream=downstream),
+        functools.partial(scorer_trial, space_data=to_dict(space), workspace=store.location, sources=sources,
+                          held_out=held_out, downstream=downstream),
         {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial})
-    if tune.Tuner.can_restore(str(folder)):
-        print(f"resuming the interrupted search in {folder}")
-        tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_errored=True)
+    if tune.Tuner.can_restore(search_path, storage_filesystem=store.fs):
+        print(f"resuming the interrupted search in {store.uri('tune', name)}")
+        tuner = tune.Tuner.restore(search_path, trainable=trainable, resume_errored=True,
+                                   storage_filesystem=store.fs)
     else:
         search_alg = None
         if space.search == "optuna":
@@ -119,7 +131,8 @@ def run_tuning(args: argparse.Namespace) -> int:
                                         grace_period=space.scheduler.grace_period,
                                         reduction_factor=space.scheduler.reduction_factor)),
             run_config=tune.RunConfig(
-                name=folder.name, storage_path=str(folder.parent), verbose=1 if args.verbose else 0,
+                name=name, storage_path=store.path("tune"), storage_filesystem=store.fs,
+                verbose=1 if args.verbose else 0,
                 callbacks=[MLflowLoggerCallback(tracking_uri=uri, experiment_name=experiment,
                                                 tags={MLFLOW_PARENT_RUN_ID: tracker.parent_id})]),
         )
@@ -133,12 +146,14 @@ def run_tuning(args: argparse.Namespace) -> int:
     atomic_write(folder / RESULTS_FILE, lambda tmp: Path(tmp).write_text(table))
     from ..scorer import fit_scorer, scorer_from_fit
 
-    refit = fit_scorer([read_survival(p) for p in sources], best_config)
+    refit = fit_scorer(read_chains(store.location, sources), best_config)
     scorer_from_fit(refit, best_config.network, best_config.hidden, best_config.features,
                     {"config": to_dict(best_config)}).save(folder / BEST_SCORER_FILE)
+    store.push(f"tune/{name}")
     tracker.log_parent_artifacts([folder / BEST_CONFIG_FILE, folder / RESULTS_FILE, folder / BEST_SCORER_FILE],
                                  {f"best_{space.metric}": best.metrics[space.metric]})
     tracker.finish()
     print(table)
-    print(f"best config: {folder / BEST_CONFIG_FILE}\nbest scorer: {folder / BEST_SCORER_FILE}")
+    print(f"best config: {store.uri('tune', name, BEST_CONFIG_FILE)}\n"
+          f"best scorer: {store.uri('tune', name, BEST_SCORER_FILE)}")
     return 0

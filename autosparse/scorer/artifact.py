@@ -40,9 +40,12 @@ class Scorer:
         return [f["name"] for f in self.header["features"]]
 
     def __call__(self, context: ScoringContext) -> Scores:
-        """Score every prunable weight of `context.model` (a pruning method for `autosparse.prune`)."""
+        """Score every prunable weight of `context.model` (a pruning method for `autosparse.prune`) on the
+        model's device; the scores come back on the CPU."""
         features = compute_features(context.model, context.batches, self.feature_names, context.input_shape)
-        shapes = {n: p.shape for n, p in prunable_parameters(context.model).items()}
+        parameters = prunable_parameters(context.model)
+        self.network.to(next(iter(parameters.values())).device)
+        shapes = {n: p.shape for n, p in parameters.items()}
         return {layer: predict(self.network, self.normalization, matrix).view(shapes[layer])
                 for layer, matrix in features.items()}
 

@@ -50,6 +50,9 @@ class Normalization:
     def __call__(self, features: Tensor) -> Tensor:
         return (features - self.mean) / self.std
 
+    def to(self, device: torch.device) -> "Normalization":
+        return Normalization(self.mean.to(device), self.std.to(device))
+
 
 @dataclass
 class FitResult:
@@ -107,11 +110,14 @@ def split_rows(datasets: list[SurvivalDataset], config: ScorerConfig, features: 
 
 @torch.no_grad()
 def predict(network: nn.Module, normalization: Normalization, features: Tensor) -> Tensor:
-    """Scores for many rows in large chunks, written into one preallocated tensor."""
+    """Scores for many rows in large chunks on the network's device, gathered in one CPU tensor."""
     network.eval()
+    device = next(network.parameters()).device
+    normalization = normalization.to(device)
     output = torch.empty(len(features))
     for start in range(0, len(features), INFERENCE_CHUNK):
-        output[start:start + INFERENCE_CHUNK] = network(normalization(features[start:start + INFERENCE_CHUNK]))
+        chunk = features[start:start + INFERENCE_CHUNK].to(device, non_blocking=True)
+        output[start:start + INFERENCE_CHUNK] = network(normalization(chunk)).cpu()
     return output
 
 

@@ -1,0 +1,163 @@
+"""Workspaces on an object store: a real S3 API (moto's server on 127.0.0.1) through pyarrow's S3 filesystem."""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pyarrow.fs as pafs
+import pytest
+
+from autosparse.orchestration.stages import MARKER, StageStore
+from autosparse.schema import ConfigError
+
+from conftest import REPO, kill_tree, run_cli
+
+BUCKET = "autosparse-test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_env():
+    """A local S3 endpoint with one bucket; the AWS variables that point pyarrow (and boto3) at it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    yield env
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def remote_files(store: StageStore, relative: str) -> set[str]:
+    base = store.path(relative) + "/"
+    infos = store.fs.get_file_info(pafs.FileSelector(store.path(relative), allow_not_found=True, recursive=True))
+    return {i.path[len(base):] for i in infos if i.type == pafs.FileType.File}
+
+
+def test_stage_is_published_marker_last_and_read_by_another_node(s3_env, tmp_path):
+    writer = StageStore(f"s3://{BUCKET}/publish", cache=tmp_path / "node-a")
+    assert writer.remote and not writer.done("cell", "abc")
+    with writer.writing("cell", "abc", {"label": "x"}) as folder:
+        (folder / "result.json").write_text('{"test_accuracy": 0.5}')
+        (folder / "sub").mkdir()
+        (folder / "sub" / "curve.txt").write_text("1\n2\n")
+        assert remote_files(writer, "cell/abc") == set()  # nothing is visible before the stage finishes
+    assert remote_files(writer, "cell/abc") == {"result.json", "sub/curve.txt", MARKER}
+
+    reader = StageStore(f"s3://{BUCKET}/publish", cache=tmp_path / "node-b")
+    assert reader.done("cell", "abc") and reader.finished("cell") == ["abc"]
+    folder = reader.output("cell", "abc")
+    assert folder.parent.parent == tmp_path / "node-b"
+    assert (folder / "result.json").read_text() == '{"test_accuracy": 0.5}'
+    assert (folder / "sub" / "curve.txt").read_text() == "1\n2\n"
+    assert reader.record("cell", "abc")["label"] == "x"
+
+
+def test_failed_or_unmarked_stage_is_not_finished(s3_env, tmp_path):
+    store = StageStore(f"s3://{BUCKET}/partial", cache=tmp_path / "cache")
+    with pytest.raises(RuntimeError, match="boom"):
+        with store.writing("irp", "bad", {}) as folder:
+            (folder / "survival.parquet").write_bytes(b"partial")
+            raise RuntimeError("boom")
+    assert remote_files(store, "irp") == set() and list((tmp_path / "cache" / "irp").iterdir()) == []
+    # files uploaded by a writer that died before its marker: present, but not a finished stage
+    with store.fs.open_output_stream(store.path("irp", "cut", "survival.parquet")) as stream:
+        stream.write(b"half")
+    assert not store.done("irp", "cut") and store.finished("irp") == []
+    assert not (store.output("irp", "cut") / "survival.parquet").exists()
+
+
+def test_remove_push_and_pull(s3_env, tmp_path):
+    store = StageStore(f"s3://{BUCKET}/ops", cache=tmp_path / "a")
+    for digest in ("one", "two"):
+        with store.writing("scorer", digest, {}) as folder:
+            (folder / "history.json").write_text("[]")
+    assert store.remove("scorer") == 2
+    assert store.finished("scorer") == [] and not store.done("scorer", "one")
+
+    report = store.local / "reports" / "r1"
+    report.mkdir(parents=True)
+    (report / "report.md").write_text("# table\n")
+    store.push("reports/r1")
+    other = StageStore(f"s3://{BUCKET}/ops", cache=tmp_path / "b")
+    assert (other.pull("reports") / "r1" / "report.md").read_text() == "# table\n"
+
+
+def test_file_uri_is_a_local_workspace(tmp_path):
+    store = StageStore(f"file://{tmp_path}/ws")
+    assert not store.remote and store.local == tmp_path / "ws"
+    with store.writing("cell", "d1", {}) as folder:
+        (folder / "result.json").write_text("{}")
+    assert (tmp_path / "ws" / "cell" / "d1" / MARKER).is_file() and store.finished("cell") == ["d1"]
+
+
+def test_unknown_scheme_is_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="nosuchfs://bucket/ws") as error:
+        StageStore("nosuchfs://bucket/ws")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_pipeline_on_s3_killed_and_resubmitted_from_another_node(s3_env, tmp_path):
+    """The smoke job with its workspace on S3 (Ray Train checkpoints included): a driver killed during IRP,
+    a second driver with an empty cache that resumes the chain from its S3 checkpoint and finishes, and a
+    third that finds every stage done."""
+    import torch
+
+    from autosparse.config import load_config
+    from autosparse.orchestration.irp_stage import STATE_FILE, ChainJob
+    from autosparse.irp import IRPState
+
+    workspace = f"s3://{BUCKET}/pipeline"
+    overrides = ["matrix.targets=[{model: mlp, dataset: digits}]", "matrix.methods=[snip]", "irp.train.epochs=3"]
+    args = ["run", "smoke", "--workspace", workspace, "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--no-progress", *[item for o in overrides for item in ("--set", o)]]
+    job = ChainJob.of(load_config("smoke", overrides).chain("conv", "digits", 0))
+    store = StageStore(workspace, cache=tmp_path / "inspect")
+
+    driver = subprocess.Popen([sys.executable, "-m", "autosparse.cli", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env={**os.environ, "AUTOSPARSE_CACHE": str(tmp_path / "a")})
+    deadline = time.monotonic() + 300
+    while not store.list_dirs(f"ray/{job.run_name}", "checkpoint_"):
+        assert driver.poll() is None and time.monotonic() < deadline, "no IRP checkpoint reached S3 in time"
+        time.sleep(0.2)
+    kill_tree(driver)
+    newest = store.list_dirs(f"ray/{job.run_name}", "checkpoint_")[-1]
+    with store.fs.open_input_stream(f"{newest}/{STATE_FILE}") as stream:
+        before = IRPState.from_tensors(torch.load(io.BytesIO(stream.read()), weights_only=True)["state"])
+    assert 1 <= before.completed <= job.chain.irp.rounds and not store.done("irp", job.digest)
+
+    second = run_cli(*args, env={"AUTOSPARSE_CACHE": str(tmp_path / "b")})
+    assert second.returncode == 0, second.stderr[-3000:]
+    history = store.record("irp", job.digest)["history"]
+    assert len(history) == job.chain.irp.rounds + 1
+    assert [r["seconds"] for r in history[:before.completed]] == [r.seconds for r in before.history]
+    assert len(store.finished("scorer")) == 2 and len(store.finished("cell")) == 10
+    assert any(name.endswith("report.md") for name in remote_files(store, "reports"))
+
+    third = run_cli(*args, env={"AUTOSPARSE_CACHE": str(tmp_path / "c")})
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "stages run this time: irp: 0, scorer: 0, cell: 0" in third.stdout

@@ -6,7 +6,7 @@
 #
 # Environment (defaults): NUM_CPUS (2), MLFLOW_PORT (5000), RAY_PORT (6379),
 # DASHBOARD_PORT (8265), STATE_DIR (.local-cluster: MLflow SQLite DB, artifacts, logs,
-# pid), AUTOSPARSE_WORKSPACE (./autosparse-workspace; a directory, not an s3:// or gs:// URI),
+# pid), AUTOSPARSE_WORKSPACE (./autosparse-workspace; a directory or an s3://, gs:// URI),
 # MLFLOW_START_TIMEOUT (120 s).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -23,10 +23,7 @@ STATE_DIR=$(cd "$STATE_DIR" && pwd)
 printf '*\n' >"$STATE_DIR/.gitignore"  # keep cluster state out of git
 workspace=${AUTOSPARSE_WORKSPACE:-$root/autosparse-workspace}
 case $workspace in
-  *://*)  # autosparse rejects these too
-    echo "AUTOSPARSE_WORKSPACE=$workspace: object-store URIs are not supported; use a filesystem path" >&2
-    exit 2 ;;
-  /*) ;;
+  *://* | /*) ;;  # a shared-storage URI (s3://, gs://, ...) or an absolute path
   *) workspace=$root/$workspace ;;
 esac
 

@@ -31,10 +31,7 @@ address=${RAY_JOB_ADDRESS:-http://127.0.0.1:8265}
 tracking_uri=${MLFLOW_TRACKING_URI:-http://127.0.0.1:${MLFLOW_PORT:-5000}}
 workspace=${AUTOSPARSE_WORKSPACE:-$root/autosparse-workspace}
 case $workspace in
-  *://*)  # autosparse rejects these too
-    echo "AUTOSPARSE_WORKSPACE=$workspace: object-store URIs are not supported; use a filesystem path" >&2
-    exit 2 ;;
-  /*) ;;
+  *://* | /*) ;;  # a shared-storage URI (s3://, gs://, ...) or an absolute path
   *) workspace=$root/$workspace ;;
 esac
 

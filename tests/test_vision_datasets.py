@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,7 @@ from PIL import Image
 
 from autosparse.data import DATASETS, Dataset, DatasetUnavailableError, load_dataset
 from autosparse.data import base as data_base
-
-RNG = np.random.default_rng(0)
+from datafiles import write_cifar10, write_cifar100, write_mnist, write_pickle, write_tiny_imagenet
 
 
 def _check_common(ds: Dataset, shape: tuple[int, ...], num_classes: int) -> None:
@@ -37,49 +35,8 @@ def _check_common(ds: Dataset, shape: tuple[int, ...], num_classes: int) -> None
 # ---------------------------------------------------------------- CIFAR
 
 
-def _write_pickle(path: Path, obj: dict) -> None:
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
-
-
-def _cifar_batch(n: int, label_key: str, num_classes: int) -> tuple[dict, np.ndarray, list[int]]:
-    # The official files are Python 2 pickles whose keys are byte strings; loaded with encoding="latin1" (as
-    # torchvision does) they come back as str keys, which is what a Python 3 pickle with str keys gives too.
-    data = RNG.integers(0, 256, (n, 3072), dtype=np.uint8)
-    labels = RNG.integers(0, num_classes, n).tolist()
-    return {"batch_label": "x", label_key: labels, "data": data, "filenames": ["f"] * n}, data, labels
-
-
-def _write_cifar10(root: Path) -> dict[str, tuple[np.ndarray, list[int]]]:
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    train_x, train_y = [], []
-    for i in range(1, 6):
-        entry, x, y = _cifar_batch(3, "labels", 10)
-        _write_pickle(folder / f"data_batch_{i}", entry)
-        train_x.append(x)
-        train_y += y
-    entry, test_x, test_y = _cifar_batch(4, "labels", 10)
-    _write_pickle(folder / "test_batch", entry)
-    _write_pickle(folder / "batches.meta", {"label_names": [f"c{i}" for i in range(10)]})
-    return {"train": (np.concatenate(train_x), train_y), "test": (test_x, test_y)}
-
-
-def _write_cifar100(root: Path) -> dict[str, tuple[np.ndarray, list[int]]]:
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    written = {}
-    for split, n in (("train", 6), ("test", 4)):
-        entry, x, y = _cifar_batch(n, "fine_labels", 100)
-        entry["coarse_labels"] = [label // 5 for label in y]
-        _write_pickle(folder / split, entry)
-        written[split] = (x, y)
-    _write_pickle(folder / "meta", {"fine_label_names": [f"c{i}" for i in range(100)]})
-    return written
-
-
 @pytest.mark.parametrize(
-    "name, writer, num_classes", [("cifar10", _write_cifar10, 10), ("cifar100", _write_cifar100, 100)]
+    "name, writer, num_classes", [("cifar10", write_cifar10, 10), ("cifar100", write_cifar100, 100)]
 )
 def test_cifar(tmp_path, name, writer, num_classes):
     written = writer(tmp_path)
@@ -99,7 +56,7 @@ def test_cifar_layout_matches_torchvision(tmp_path, monkeypatch):
     """Our reader gives what torchvision's own CIFAR10 gives (its md5 checks bypassed for the tiny files)."""
     import torchvision.datasets.cifar as tv_cifar
 
-    _write_cifar10(tmp_path)
+    write_cifar10(tmp_path)
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
     ds = load_dataset("cifar10", data_root=tmp_path, download=False)
     for train in (True, False):
@@ -111,11 +68,11 @@ def test_cifar_layout_matches_torchvision(tmp_path, monkeypatch):
 
 def test_cifar_bytes_keys(tmp_path):
     """A copy re-pickled from `pickle.load(f, encoding="bytes")` (keys b"data", b"labels") loads the same."""
-    written = _write_cifar10(tmp_path)
+    written = write_cifar10(tmp_path)
     for path in (tmp_path / "cifar-10-batches-py").iterdir():
         with open(path, "rb") as f:
             entry = pickle.load(f)
-        _write_pickle(path, {k.encode(): v for k, v in entry.items()})
+        write_pickle(path, {k.encode(): v for k, v in entry.items()})
     ds = load_dataset("cifar10", data_root=tmp_path, download=False)
     assert ds.test.targets.tolist() == written["test"][1]
 
@@ -127,7 +84,7 @@ def test_cifar_download_goes_through_torchvision(tmp_path, monkeypatch):
 
     def fake_download(url, download_root, filename=None, md5=None, **kwargs):
         calls.append((url, md5))
-        _write_cifar10(Path(download_root))
+        write_cifar10(Path(download_root))
 
     monkeypatch.setattr(tv_cifar, "download_and_extract_archive", fake_download)
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))  # tiny files
@@ -153,7 +110,7 @@ def test_failed_download_is_unavailable(tmp_path, monkeypatch):
 
 
 def test_cifar_corrupt_file_is_unavailable(tmp_path):
-    _write_cifar10(tmp_path)
+    write_cifar10(tmp_path)
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(DatasetUnavailableError, match="cifar10"):
         load_dataset("cifar10", data_root=tmp_path, download=False)
@@ -162,30 +119,9 @@ def test_cifar_corrupt_file_is_unavailable(tmp_path):
 # ---------------------------------------------------------------- MNIST
 
 
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    magic = 0x0800 + array.ndim  # unsigned byte data, `ndim` dimensions: 2051 for images, 2049 for labels
-    with open(path, "wb") as f:
-        f.write(struct.pack(">I", magic))
-        f.write(struct.pack(f">{array.ndim}I", *array.shape))
-        f.write(array.astype(np.uint8).tobytes())
-
-
-def _write_mnist(root: Path, folder: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    raw = root / folder / "raw"
-    raw.mkdir(parents=True)
-    written = {}
-    for prefix, n in (("train", 5), ("t10k", 3)):
-        images = RNG.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        labels = RNG.integers(0, 10, n, dtype=np.uint8)
-        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
-        written[prefix] = (images, labels)
-    return written
-
-
 @pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
 def test_mnist(tmp_path, name, folder):
-    written = _write_mnist(tmp_path, folder)
+    written = write_mnist(tmp_path, folder)
     ds = load_dataset(name, data_root=tmp_path, download=False)
     assert ds.name == name
     _check_common(ds, (1, 28, 28), 10)
@@ -196,7 +132,7 @@ def test_mnist(tmp_path, name, folder):
 
 
 def test_mnist_files_do_not_count_as_fashion_mnist(tmp_path):
-    _write_mnist(tmp_path, "MNIST")
+    write_mnist(tmp_path, "MNIST")
     with pytest.raises(DatasetUnavailableError, match="fashion_mnist"):
         load_dataset("fashion_mnist", data_root=tmp_path, download=False)
 
@@ -204,33 +140,8 @@ def test_mnist_files_do_not_count_as_fashion_mnist(tmp_path):
 # ---------------------------------------------------------------- Tiny-ImageNet
 
 
-def _write_tiny_imagenet(root: Path) -> tuple[list[str], dict[str, list[int]]]:
-    folder = root / "tiny-imagenet-200"
-    wnids = ["n02", "n01", "n03"]  # deliberately unsorted: class index is the position in the *sorted* list
-    (folder / "val" / "images").mkdir(parents=True)
-    (folder / "wnids.txt").write_text("\n".join(wnids) + "\n")
-    train_labels = []
-    for wnid in sorted(wnids):
-        images = folder / "train" / wnid / "images"
-        images.mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(images / f"{wnid}_{i}.JPEG")
-            train_labels.append(sorted(wnids).index(wnid))
-        with open(folder / "train" / wnid / f"{wnid}_boxes.txt", "w") as f:
-            f.write(f"{wnid}_0.JPEG\t0\t0\t63\t63\n")
-    val_wnids = ["n03", "n01", "n02", "n03"]
-    lines = []
-    for i, wnid in enumerate(val_wnids):
-        array = RNG.integers(0, 256, (64, 64), dtype=np.uint8)
-        image = Image.fromarray(array) if i == 0 else Image.fromarray(np.stack([array] * 3, -1))  # one grayscale
-        image.save(folder / "val" / "images" / f"val_{i}.JPEG")
-        lines.append(f"val_{i}.JPEG\t{wnid}\t0\t0\t63\t63")
-    (folder / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
-    return wnids, {"train": train_labels, "test": [sorted(wnids).index(w) for w in val_wnids]}
-
-
 def test_tiny_imagenet(tmp_path):
-    wnids, labels = _write_tiny_imagenet(tmp_path)
+    wnids, labels = write_tiny_imagenet(tmp_path)
     ds = load_dataset("tiny_imagenet", data_root=tmp_path, download=False)
     assert ds.name == "tiny_imagenet"
     _check_common(ds, (3, 64, 64), len(wnids))
@@ -254,7 +165,7 @@ def test_tiny_imagenet_missing(tmp_path, download):
 
 
 def test_tiny_imagenet_missing_image(tmp_path):
-    _write_tiny_imagenet(tmp_path)
+    write_tiny_imagenet(tmp_path)
     (tmp_path / "tiny-imagenet-200" / "val" / "images" / "val_2.JPEG").unlink()
     with pytest.raises(DatasetUnavailableError, match="tiny_imagenet"):
         load_dataset("tiny_imagenet", data_root=tmp_path, download=False)

@@ -66,10 +66,13 @@ def irp_train_loop(loop_config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     dataset = load_dataset(chain.dataset, data.data_root, data.download).to(device)
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and loop_config["resume_from"]:  # a new run continuing an interrupted one
-        checkpoint = ray.train.Checkpoint(loop_config["resume_from"], StageStore(loop_config["workspace"]).fs)
-    state = read_checkpoint(checkpoint) if checkpoint is not None else None
+    # Ray's checkpoint (a worker restart, or the run state Ray restored by name) and the newest one the
+    # driver found in the workspace (a new driver continuing an interrupted run): continue from the later.
+    checkpoints = [ray.train.get_checkpoint()]
+    if loop_config["resume_from"]:
+        checkpoints.append(ray.train.Checkpoint(loop_config["resume_from"], StageStore(loop_config["workspace"]).fs))
+    states = [read_checkpoint(c) for c in checkpoints if c is not None]
+    state = max(states, key=lambda s: s.completed) if states else None
 
     def on_round(state: IRPState, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         record = state.history[-1]

@@ -91,17 +91,19 @@ def test_failed_or_unmarked_stage_is_not_finished(s3_env, tmp_path):
 
 def test_remove_push_and_pull(s3_env, tmp_path):
     store = StageStore(f"s3://{BUCKET}/ops", cache=tmp_path / "a")
+    other = StageStore(f"s3://{BUCKET}/ops", cache=tmp_path / "b")
     for digest in ("one", "two"):
         with store.writing("scorer", digest, {}) as folder:
             (folder / "history.json").write_text("[]")
+    assert (other.output("scorer", "one") / "history.json").is_file()  # now in node b's cache
     assert store.remove("scorer") == 2
     assert store.finished("scorer") == [] and not store.done("scorer", "one")
+    assert not other.done("scorer", "one"), "the shared workspace decides, not a node's cache"
 
     report = store.local / "reports" / "r1"
     report.mkdir(parents=True)
     (report / "report.md").write_text("# table\n")
     store.push("reports/r1")
-    other = StageStore(f"s3://{BUCKET}/ops", cache=tmp_path / "b")
     assert (other.pull("reports") / "r1" / "report.md").read_text() == "# table\n"
 
 

@@ -60,12 +60,12 @@ def default_cache(uri: str) -> Path:
     return base / hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
-def _replace_dir(tmp: Path, final: Path, exists: bool) -> None:
-    """Rename `tmp` to `final`; if another writer got there first (`exists`), drop `tmp`."""
+def _rename_into_place(tmp: Path, final: Path) -> None:
+    """Rename `tmp` to `final`; if another writer put `final` there first, drop `tmp` (same content)."""
     try:
         os.rename(tmp, final)
     except OSError:
-        if not exists:
+        if not final.is_dir():
             raise
         shutil.rmtree(tmp)
 
@@ -103,9 +103,9 @@ class StageStore:
         return self.fs.get_file_info(path).type == pafs.FileType.File
 
     def done(self, kind: str, digest: str) -> bool:
-        if (self.local / kind / digest / MARKER).is_file():
-            return True
-        return self.remote and self._is_file(self.path(kind, digest, MARKER))
+        """Whether the stage is finished in the workspace (the shared one decides, not a node's cache)."""
+        return self._is_file(self.path(kind, digest, MARKER)) if self.remote else \
+            (self.local / kind / digest / MARKER).is_file()
 
     def output(self, kind: str, digest: str) -> Path:
         """The local folder of a stage; a finished remote stage is downloaded into the cache first."""
@@ -137,7 +137,7 @@ class StageStore:
             if self.remote:
                 self._upload(tmp, self.path(kind, digest), last={MARKER: marker})
             (tmp / MARKER).write_text(marker)
-            _replace_dir(tmp, final, exists=(final / MARKER).is_file())
+            _rename_into_place(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -169,7 +169,7 @@ class StageStore:
                             destination_filesystem=pafs.LocalFileSystem())
             if final.exists() and not (final / MARKER).is_file():
                 shutil.rmtree(final)  # a stale cache copy of a non-stage folder: the shared one wins
-            _replace_dir(tmp, final, exists=final.exists())
+            _rename_into_place(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -164,3 +164,7 @@ def test_pipeline_on_s3_killed_and_resubmitted_from_another_node(s3_env, tmp_pat
     third = run_cli(*args, env={"AUTOSPARSE_CACHE": str(tmp_path / "c")})
     assert third.returncode == 0, third.stderr[-3000:]
     assert "stages run this time: irp: 0, scorer: 0, cell: 0" in third.stdout
+
+    report = run_cli("report", workspace, env={"AUTOSPARSE_CACHE": str(tmp_path / "d")})
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "snip" in report.stdout and str(tmp_path / "d") in report.stdout  # re-rendered from the S3 records

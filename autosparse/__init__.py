@@ -3,15 +3,18 @@
 The core (this namespace) is pure PyTorch:
 
     mask = autosparse.prune(model, sparsity=0.95, method="snip", data=(x, y))
+    mask = autosparse.prune(model, 0.98, "snip", (x, y), steps=20, allocation="synflow")
     autosparse.apply_mask(model, mask)
 """
+from .allocation import SHAPE_ALLOCATIONS, top_k_within_layers
 from .criteria import CRITERIA
 from .data import DATASETS, load_dataset
-from .masks import Mask, apply_mask, prunable_parameters, select_top_k
+from .errors import UserError
+from .masks import Mask, apply_mask, prunable_parameters
 from .models import MODELS, build_model
-from .pruning import prune, score
+from .pruning import MethodSpec, prune, score
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def load_scorer(path):
@@ -21,5 +24,13 @@ def load_scorer(path):
     return load(path)
 
 
-__all__ = ["CRITERIA", "DATASETS", "MODELS", "Mask", "apply_mask", "build_model", "load_dataset", "load_scorer",
-           "prunable_parameters", "prune", "score", "select_top_k", "__version__"]
+def load_allocator(path):
+    """Load a saved learned allocation; usable as `allocation=` in `prune`."""
+    from .allocator import load_allocator as load
+
+    return load(path)
+
+
+__all__ = ["CRITERIA", "DATASETS", "MODELS", "Mask", "MethodSpec", "SHAPE_ALLOCATIONS", "UserError", "apply_mask",
+           "build_model", "load_allocator", "load_dataset", "load_scorer", "prunable_parameters", "prune", "score",
+           "top_k_within_layers", "__version__"]

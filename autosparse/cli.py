@@ -1,79 +1,101 @@
-"""The `autosparse` command line: run | irp | fit-scorer | matrix | prune | tune | report | ui."""
+"""The `autosparse` command line: `run`, one verb per stage that has one (irp, fit-scorer, fit-allocator,
+matrix), and prune | tune | report | ui."""
 from __future__ import annotations
 
 import argparse
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Optional
+
+from .data.base import DEFAULT_DATA_ROOT
 
 DEFAULT_WORKSPACE = "./autosparse-workspace"
 EPILOG = "Configs are packaged names (quickstart, smoke, cifar10_resnet18) or paths to YAML files."
 
 
-def _common(parser: argparse.ArgumentParser, config: bool = True, config_required: bool = True) -> None:
-    if config:
-        parser.add_argument("config", nargs=None if config_required else "?", default="quickstart",
-                            help="packaged config name or YAML path" + ("" if config_required else " (default: quickstart)"))
-        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                            help="override a config field, e.g. --set matrix.seeds=[0,1] (repeatable)")
-        parser.add_argument("--ray-address", default=None, help="join this Ray cluster (default: RAY_ADDRESS or a local Ray)")
-        parser.add_argument("--tracking-uri", default=None,
-                            help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or SQLite in the workspace)")
-        parser.add_argument("--force", action="append", default=[], choices=["irp", "scorer", "cell"],
-                            help="delete and rerun this stage's outputs (repeatable)")
-        parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _workspace(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", default=os.environ.get("AUTOSPARSE_WORKSPACE", DEFAULT_WORKSPACE),
-                        help=f"stage outputs, reports and the MLflow store (default: {DEFAULT_WORKSPACE})")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show Ray and MLflow logs")
+                        help=f"stage outputs, reports and the MLflow store: a folder or an object-store URI "
+                             f"(default: {DEFAULT_WORKSPACE})")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Ray and MLflow logs, and tracebacks of bugs")
+
+
+def _cluster(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ray-address", default=None, help="join this Ray cluster (default: RAY_ADDRESS or a local Ray)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or SQLite in the workspace)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _pipeline(parser: argparse.ArgumentParser, kinds: list[str], config_required: bool = True) -> None:
+    parser.add_argument("config", nargs=None if config_required else "?", default="quickstart",
+                        help="packaged config name or YAML path" + ("" if config_required else " (default: quickstart)"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set matrix.seeds=[0,1] (repeatable)")
+    parser.add_argument("--force", action="append", default=[], choices=kinds,
+                        help="delete and rerun this stage's outputs (repeatable)")
+    _cluster(parser)
+    _workspace(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .orchestration.stage import ordered_stages
+
+    stages = ordered_stages()
+    kinds = [stage.kind for stage in stages]
     parser = argparse.ArgumentParser(
         prog="autosparse", epilog=EPILOG,
         description="Learned pruning at initialization: IRP once, fit an AutoS scorer, prune any model in one shot.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    run = verbs.add_parser("run", help="the whole job: IRP -> scorers -> generalization matrix -> report",
-                           epilog=EPILOG)
-    _common(run, config_required=False)
-    irp = verbs.add_parser("irp", help="run the config's IRP source chains (survival datasets)", epilog=EPILOG)
-    _common(irp)
-    fit = verbs.add_parser("fit-scorer", help="fit the config's AutoS scorers (runs IRP first if needed)",
-                           epilog=EPILOG)
-    _common(fit)
-    matrix = verbs.add_parser("matrix", help="run the generalization matrix and print its table", epilog=EPILOG)
-    _common(matrix)
+    run = verbs.add_parser("run", help="the whole job: every stage, ending with the report", epilog=EPILOG)
+    run.set_defaults(through=None)
+    _pipeline(run, kinds, config_required=False)
+    for stage in stages:
+        if stage.verb:
+            sub = verbs.add_parser(stage.verb, help=stage.help, epilog=EPILOG)
+            sub.set_defaults(through=stage.kind)
+            _pipeline(sub, kinds)
 
     prune = verbs.add_parser("prune", help="prune one model at initialization and save its mask")
     prune.add_argument("--model", required=True, help="registered model name or package.module:factory")
     prune.add_argument("--dataset", required=True, help="dataset the model is sized for (and scored on)")
-    prune.add_argument("--method", required=True, help="criterion name or path to a saved AutoS scorer")
+    prune.add_argument("--method", required=True,
+                       help="criterion[/iterK][@alloc:NAME] (e.g. snip/iter20@alloc:synflow), or a scorer file")
     prune.add_argument("--sparsity", type=float, required=True, help="fraction of prunable weights to remove")
-    prune.add_argument("--scope", choices=["global", "layerwise"], default="global")
+    prune.add_argument("--allocation", default=None,
+                       help="global, uniform, erk, a criterion name, or an allocator file (overrides @alloc:)")
     prune.add_argument("--seed", type=int, default=0, help="model init and scoring seed")
-    prune.add_argument("--batch-size", type=int, default=256, help="training samples used to score")
-    prune.add_argument("--data-root", default="~/.cache/autosparse/data")
+    prune.add_argument("--batch-size", type=positive_int, default=256, help="training samples used to score")
+    prune.add_argument("--data-root", default=DEFAULT_DATA_ROOT)
     prune.add_argument("--download", action="store_true", help="allow torchvision downloads")
     prune.add_argument("--out", default=None, help="save the mask here (torch file)")
-    prune.add_argument("-v", "--verbose", action="store_true")
+    prune.add_argument("-v", "--verbose", action="store_true", help="tracebacks of bugs")
 
     tune = verbs.add_parser("tune", help="Ray Tune search over scorer architecture and features")
     tune.add_argument("space", help="search space YAML (see tuning/scorer_space.yaml)")
     tune.add_argument("--base", default="quickstart", help="pipeline config whose IRP sources feed the search")
-    tune.add_argument("--ray-address", default=None)
-    tune.add_argument("--tracking-uri", default=None)
-    tune.add_argument("--no-progress", action="store_true")
-    _common(tune, config=False)
+    _cluster(tune)
+    _workspace(tune)
 
     report = verbs.add_parser("report", help="regenerate tables and plots from a workspace")
     report.add_argument("report_workspace", nargs="?", default=None, metavar="WORKSPACE")
-    _common(report, config=False)
+    _workspace(report)
 
     ui = verbs.add_parser("ui", help="serve the MLflow UI for the workspace on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: local only)")
-    _common(ui, config=False)
+    _workspace(ui)
     return parser
 
 
@@ -91,20 +113,20 @@ def _quiet(verbose: bool) -> None:
         warnings.filterwarnings("ignore")
 
 
-def cmd_pipeline(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
+def cmd_pipeline(args: argparse.Namespace) -> int:
     from .config import load_config
     from .orchestration.pipeline import Pipeline
 
     config = load_config(args.config, args.overrides)
     pipeline = Pipeline(config, args.workspace, ray_address=args.ray_address, tracking_uri=args.tracking_uri,
                         verbose=args.verbose, progress=not args.no_progress)
-    result = pipeline.run(stages, tuple(args.force))
+    result = pipeline.run(args.through, tuple(args.force))
     if result.table:
         print(result.table)
     ran = ", ".join(f"{k}: {v}" for k, v in result.stages_run.items())
     print(f"\nworkspace: {result.workspace}\nstages run this time: {ran}")
-    if result.report_files:
-        print(f"report: {result.report_files[0].parent}")
+    if result.report_folder:
+        print(f"report: {result.report_folder}")
     print(f"MLflow: {pipeline.tracking_uri} (experiment {result.experiment_id}, parent run {result.parent_run_id}); "
           f"browse with `autosparse ui --workspace {args.workspace}`")
     return 0
@@ -112,11 +134,18 @@ def cmd_pipeline(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from . import build_model, load_dataset, prune
+    from .pruning import MethodSpec
 
     dataset = load_dataset(args.dataset, args.data_root, args.download)
     model = build_model(args.model, dataset.input_shape, dataset.num_classes, args.seed)
-    mask = prune(model, args.sparsity, args.method, dataset.sample_batch(args.batch_size, args.seed),
-                 scope=args.scope, seed=args.seed)
+    if os.path.exists(args.method) or args.method.endswith(".safetensors"):
+        method, steps, allocation = args.method, None, args.allocation or "global"
+    else:
+        spec = MethodSpec.parse(args.method)
+        spec.validate()
+        method, steps, allocation = spec.criterion, spec.steps, args.allocation or spec.allocation
+    mask = prune(model, args.sparsity, method, dataset.sample_batch(args.batch_size, args.seed),
+                 allocation=allocation, steps=steps, seed=args.seed)
     print(f"{'layer':<40} {'weights':>10} {'density':>9}")
     for name, density in mask.layer_densities().items():
         print(f"{name:<40} {mask[name].numel():>10} {density:>9.4f}")
@@ -130,22 +159,21 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .orchestration.store import StageStore
     from .report import regenerate_reports
 
-    from .orchestration.stages import StageStore
-
     store = StageStore(args.report_workspace or args.workspace)
-    if store.remote and store.list_dirs("reports"):
-        store.pull("reports")
+    if store.remote and store.list_dirs("report"):
+        store.pull("report")
     for folder, table in regenerate_reports(store.local):
         print(table)
         print(f"report: {folder}")
-    store.push("reports")
+    store.push("report")
     return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from .orchestration.stages import StageStore
+    from .orchestration.store import StageStore
     from .orchestration.tracking import default_tracking_uri
 
     uri = default_tracking_uri(StageStore(args.workspace).local)
@@ -160,9 +188,20 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .orchestration.tuning import run_tuning
+    from .config import load_config
+    from .orchestration.tuning import TuneRequest, run_tuning
+    from .tuning_space import load_space
 
-    return run_tuning(args)
+    request = TuneRequest(space=load_space(args.space), space_path=args.space, base=load_config(args.base),
+                          workspace=args.workspace, ray_address=args.ray_address, tracking_uri=args.tracking_uri,
+                          verbose=args.verbose, progress=not args.no_progress)
+    result = run_tuning(request)
+    print(result.table)
+    print(f"best config: {result.best_config}\nbest scorer: {result.best_scorer}")
+    return 0
+
+
+COMMANDS = {"prune": cmd_prune, "report": cmd_report, "ui": cmd_ui, "tune": cmd_tune}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -171,19 +210,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     from .errors import describe, is_user_error
 
     try:
-        if args.verb in ("run", "irp", "fit-scorer", "matrix"):
-            stages = {"run": ("irp", "scorer", "matrix", "report"), "irp": ("irp",), "fit-scorer": ("scorer",),
-                      "matrix": ("matrix",)}[args.verb]
-            return cmd_pipeline(args, stages)
-        return {"prune": cmd_prune, "report": cmd_report, "ui": cmd_ui, "tune": cmd_tune}[args.verb](args)
+        return COMMANDS.get(args.verb, cmd_pipeline)(args)
     except KeyboardInterrupt:
         print("autosparse: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     except Exception as error:
-        if not is_user_error(error) and args.verbose:
+        if is_user_error(error):
+            print(f"autosparse: error: {describe(error)}", file=sys.stderr)
+            return 2
+        if args.verbose:
             raise
-        print(f"autosparse: error: {describe(error)}", file=sys.stderr)
-        return 2 if is_user_error(error) else 1
+        print(f"autosparse: internal error (a bug; rerun with -v for the traceback): {describe(error)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

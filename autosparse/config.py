@@ -1,26 +1,26 @@
 """Typed configuration: the single source of truth for YAML files, CLI overrides, Tune spaces and MLflow params."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 
-from .schema import ConfigError, check, from_dict, set_dotted, to_dict
+from .data.base import DEFAULT_DATA_ROOT
+from .features import all_feature_names
+from .schema import ConfigError, check, check_partial, from_dict, set_dotted, to_dict
 
-VARIANTS = ("shuffle", "invert", "reinit")
-ALL_FEATURES = [
-    "w0", "abs_w0", "g0", "snip", "grasp", "synflow",
-    "depth", "log_fan_in", "log_fan_out", "kernel_size", "log_layer_size", "layer_kind",
-    "w0_z", "g0_z", "log_snip_z", "synflow_z",
-    "log_layer_share", "log_abs_w0_gz", "log_snip_gz", "synflow_gz",
-]
 # Scale-free features (standardized within the layer or over the whole model). Layer constants such as
 # depth or fan-in let a scorer fitted on a few layers of one model extrapolate badly to another model.
 TRANSFERABLE_FEATURES = ["w0_z", "g0_z", "log_snip_z", "synflow_z", "log_abs_w0_gz", "log_snip_gz", "synflow_gz"]
+# The conditional scorer's default inputs: the masked network's saliencies, connectivity and layer context.
+CONDITIONAL_FEATURES = ["log_abs_w0_z", "log_snip_z", "synflow_z", "log_snip_gz", "synflow_gz", "in_unit_kept",
+                        "out_unit_kept", "log_layer_density", "log_density", "depth", "log_layer_share"]
+CONDITIONAL_STEPS = 20
 
 
 def _positive(value: float, key: str) -> None:
@@ -29,7 +29,8 @@ def _positive(value: float, key: str) -> None:
 
 @dataclass
 class TrainConfig:
-    """How one (masked) network is trained."""
+    """How one (masked) network is trained. Pipeline configs give only the fields that differ from the
+    recipe of the (dataset, model) pair (autosparse/recipes.py); the rest come from the recipe."""
 
     epochs: int = 20
     batch_size: int = 128
@@ -40,19 +41,30 @@ class TrainConfig:
     schedule: Literal["constant", "multistep", "cosine"] = "cosine"
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.2
+    warmup_epochs: int = 0
 
     def __post_init__(self) -> None:
         _positive(self.epochs, "epochs")
         _positive(self.batch_size, "batch_size")
         _positive(self.lr, "lr")
         check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+        check(0 <= self.warmup_epochs < self.epochs, "warmup_epochs",
+              f"must be in [0, epochs), got {self.warmup_epochs!r}")
+
+
+TrainOverrides = dict[str, Any]
+
+
+def check_train_overrides(overrides: TrainOverrides, key: str = "train") -> None:
+    """Keys and value types of a partial TrainConfig (the whole is checked once merged with a recipe)."""
+    check_partial(TrainConfig, overrides, key)
 
 
 @dataclass
 class DataConfig:
     """Where datasets live; downloads happen only when asked for."""
 
-    data_root: str = "~/.cache/autosparse/data"
+    data_root: str = DEFAULT_DATA_ROOT
     download: bool = False
     score_batch_size: int = 256
 
@@ -65,6 +77,10 @@ class ModelOnData:
     model: str
     dataset: str
 
+    @property
+    def pair(self) -> str:
+        return f"{self.model}/{self.dataset}"
+
 
 @dataclass
 class SourceConfig:
@@ -74,18 +90,23 @@ class SourceConfig:
     dataset: str = "digits"
     seed: int = 0
 
+    @property
+    def pair(self) -> str:
+        return f"{self.model}/{self.dataset}"
+
 
 @dataclass
 class IRPConfig:
-    """Iterative rewind pruning settings, shared by every source and target reference chain."""
+    """Iterative rewind pruning settings, shared by every source chain (`train` overrides the recipe)."""
 
     rounds: int = 20
     prune_fraction: float = 0.2
     rewind_step: int = 0
     trained_criterion: Literal["magnitude", "snip"] = "magnitude"
-    scope: Literal["global", "layerwise"] = "global"
-    features: list[str] = field(default_factory=lambda: list(ALL_FEATURES))
-    train: TrainConfig = field(default_factory=TrainConfig)
+    allocation: Literal["global", "uniform"] = "global"
+    features: list[str] = field(default_factory=all_feature_names)
+    feature_round_stride: int = 1
+    train: TrainOverrides = field(default_factory=dict)
     num_workers: int = 1
     cpus_per_worker: int = 1
     use_gpu: bool = False
@@ -93,31 +114,46 @@ class IRPConfig:
     def __post_init__(self) -> None:
         _positive(self.rounds, "rounds")
         _positive(self.cpus_per_worker, "cpus_per_worker")
+        _positive(self.feature_round_stride, "feature_round_stride")
         check(0 < self.prune_fraction < 1, "prune_fraction", f"must be in (0, 1), got {self.prune_fraction!r}")
         check(self.rewind_step >= 0, "rewind_step", f"must be >= 0, got {self.rewind_step!r}")
         _positive(self.num_workers, "num_workers")
+        check_train_overrides(self.train)
 
 
 @dataclass
 class IRPChainConfig:
-    """One IRP chain: the settings plus the (model, dataset, seed) it runs on. Hashed as a stage."""
+    """One IRP chain as a stage: the settings, the (model, dataset, seed) it runs on, the resolved
+    training recipe, and the feature batch size. Everything that changes its output is here."""
 
     model: str
     dataset: str
     seed: int
     irp: IRPConfig
+    train: TrainConfig
+    score_batch_size: int = 256
+
+    @property
+    def pair(self) -> str:
+        return f"{self.model}/{self.dataset}"
 
 
 @dataclass
 class ScorerConfig:
-    """An AutoS scorer: network, inputs, loss and fitting schedule."""
+    """An AutoS scorer: network, inputs, what it learns, and its fitting schedule.
 
-    name: str = "compact"
+    `target: survival` is the paper's one-shot design (round-0 rows, survival / R); `next_round` learns
+    conditional survival (rows of every round, label: survives the next pruning) and prunes in `steps`.
+    """
+
+    name: str = "conditional"
     network: str = "compact_mlp"
-    hidden: list[int] = field(default_factory=lambda: [32, 32])
-    features: list[str] = field(default_factory=lambda: list(TRANSFERABLE_FEATURES))
-    loss: Literal["mse", "pairwise", "bce"] = "pairwise"
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    features: list[str] = field(default_factory=lambda: list(CONDITIONAL_FEATURES))
+    target: Literal["survival", "next_round"] = "next_round"
+    loss: Literal["mse", "pairwise", "bce"] = "bce"
     bce_density: float = 0.05
+    steps: Optional[int] = None
     normalization: Literal["standard", "none"] = "standard"
     lr: float = 1e-3
     weight_decay: float = 1e-5
@@ -136,21 +172,50 @@ class ScorerConfig:
               f"must be in (0, 1), got {self.validation_fraction!r}")
         for key in ("lr", "batch_size", "epochs", "rows_per_epoch", "patience"):
             _positive(getattr(self, key), key)
+        check(self.steps is None or self.steps >= 1, "steps", f"must be at least 1, got {self.steps!r}")
+        check(all(h > 0 for h in self.hidden), "hidden", f"sizes must be positive, got {self.hidden!r}")
+        check(self.target == "survival" or self.loss == "bce", "loss",
+              f"target 'next_round' is a yes/no label: use loss 'bce', got {self.loss!r}")
+
+    @property
+    def prune_steps(self) -> int:
+        return self.steps if self.steps is not None else (CONDITIONAL_STEPS if self.target == "next_round" else 1)
+
+
+@dataclass
+class AllocatorConfig:
+    """The learned layer allocation (`@alloc:learned`): layer context and global density -> layer density,
+    fitted on every (layer, round) of the IRP chains a target may learn from."""
+
+    hidden: list[int] = field(default_factory=lambda: [32, 32])
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    epochs: int = 1500
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive(self.lr, "lr")
+        _positive(self.epochs, "epochs")
         check(all(h > 0 for h in self.hidden), "hidden", f"sizes must be positive, got {self.hidden!r}")
 
 
 @dataclass
 class MatrixConfig:
-    """The generalization matrix: targets x methods (and variants) x sparsities x seeds."""
+    """The generalization matrix: targets x methods (and variants) x sparsities x seeds.
+
+    Methods are written `criterion[/iterK][@alloc:NAME]` (autosparse/pruning.py), with
+    `autos:<scorer name>` for a fitted scorer. Every cell of a target, its dense reference and its IRP
+    reference train with the target's recipe plus `train` overrides.
+    """
 
     targets: list[ModelOnData] = field(default_factory=lambda: [ModelOnData("mlp", "digits")])
-    methods: list[str] = field(default_factory=lambda: ["random", "magnitude", "snip", "grasp", "synflow", "erk"])
+    methods: list[str] = field(default_factory=lambda: ["random", "magnitude", "snip", "grasp", "synflow",
+                                                        "random@alloc:erk"])
     variants: list[Literal["shuffle", "invert", "reinit"]] = field(default_factory=list)
     variant_methods: Optional[list[str]] = None
     sparsities: list[float] = field(default_factory=lambda: [0.9, 0.95, 0.98, 0.99])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    scope: Literal["global", "layerwise"] = "global"
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainOverrides = field(default_factory=dict)
     irp_reference: bool = True
     dense_reference: bool = True
     workers_per_run: int = 1
@@ -159,33 +224,34 @@ class MatrixConfig:
 
     def __post_init__(self) -> None:
         check(bool(self.targets), "targets", "must not be empty")
+        check(bool(self.methods), "methods", "must not be empty")
         check(bool(self.sparsities), "sparsities", "must not be empty")
         for s in self.sparsities:
             check(0 < s < 1 and not math.isnan(s), "sparsities", f"sparsity {s!r} is outside (0, 1)")
         check(bool(self.seeds), "seeds", "must not be empty")
+        check(len(set(self.seeds)) == len(self.seeds), "seeds", f"must be distinct, got {self.seeds}")
         _positive(self.workers_per_run, "workers_per_run")
         _positive(self.cpus_per_cell, "cpus_per_cell")
         check(self.gpus_per_cell >= 0, "gpus_per_cell", f"must be >= 0, got {self.gpus_per_cell!r}")
+        check_train_overrides(self.train)
 
 
 @dataclass
 class PipelineConfig:
-    """The main job: IRP on sources -> AutoS scorers -> generalization matrix -> report."""
+    """The main job: IRP on sources -> AutoS scorers and allocator -> generalization matrix -> report."""
 
     name: str = "quickstart"
     data: DataConfig = field(default_factory=DataConfig)
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
     irp: IRPConfig = field(default_factory=IRPConfig)
     scorers: list[ScorerConfig] = field(default_factory=lambda: [ScorerConfig()])
+    allocator: AllocatorConfig = field(default_factory=AllocatorConfig)
     matrix: MatrixConfig = field(default_factory=MatrixConfig)
 
     def __post_init__(self) -> None:
         check(bool(self.sources), "sources", "must not be empty")
         names = [s.name for s in self.scorers]
         check(len(set(names)) == len(names), "scorers", f"scorer names must be unique, got {names}")
-
-    def chain(self, model: str, dataset: str, seed: int) -> IRPChainConfig:
-        return IRPChainConfig(model=model, dataset=dataset, seed=seed, irp=self.irp)
 
 
 def packaged_configs() -> list[str]:
@@ -206,11 +272,15 @@ def resolve_config_path(name_or_path: str) -> Path:
 
 def load_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: malformed YAML{where}: {getattr(error, 'problem', error)}") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror or error})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -243,3 +313,110 @@ def load_config(name_or_path: str = "quickstart", overrides: list[str] = ()) -> 
 
 def dump_config(config: PipelineConfig) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+# ---------------------------------------------------------------- Tune search spaces over ScorerConfig
+
+DEFAULT_FEATURE_GROUPS = {"transferable": TRANSFERABLE_FEATURES, "conditional": CONDITIONAL_FEATURES,
+                          "paper": ["w0", "g0"], "all": all_feature_names()}
+SCORER_FIELDS = {f.name for f in dataclasses.fields(ScorerConfig)}
+
+
+@dataclass
+class Dimension:
+    """One searched field: exactly one of choice, uniform, loguniform, randint."""
+
+    choice: Optional[list[Any]] = None
+    uniform: Optional[list[float]] = None
+    loguniform: Optional[list[float]] = None
+    randint: Optional[list[int]] = None
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("choice", "uniform", "loguniform", "randint") if getattr(self, k) is not None]
+        check(len(given) == 1, "dimension", f"needs exactly one of choice/uniform/loguniform/randint, got {given}")
+        bounds = self.uniform or self.loguniform or self.randint
+        if bounds is not None:
+            check(len(bounds) == 2 and bounds[0] < bounds[1], given[0], f"needs [low, high], got {bounds}")
+        if self.loguniform is not None:
+            check(self.loguniform[0] > 0, "loguniform", "bounds must be positive")
+
+    def values_to_check(self) -> list[Any]:
+        return self.choice if self.choice is not None else list(self.uniform or self.loguniform or self.randint)
+
+    def to_tune(self):
+        from ray import tune
+
+        if self.choice is not None:
+            return tune.choice(self.choice)
+        if self.uniform is not None:
+            return tune.uniform(*self.uniform)
+        if self.loguniform is not None:
+            return tune.loguniform(*self.loguniform)
+        return tune.randint(*self.randint)
+
+
+@dataclass
+class ASHAConfig:
+    grace_period: int = 2
+    reduction_factor: int = 2
+
+
+@dataclass
+class TuneSpace:
+    """A scorer search: `space` and `fixed` keys must be ScorerConfig fields (`features` may name groups)."""
+
+    space: dict[str, Dimension]
+    fixed: dict[str, Any] = field(default_factory=dict)
+    feature_groups: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_FEATURE_GROUPS))
+    objective: Literal["proxy", "downstream"] = "proxy"
+    metric: str = "heldout_within_layer_iou"
+    num_samples: int = 8
+    max_concurrent: int = 2
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    search: Literal["random", "optuna"] = "optuna"
+    scheduler: ASHAConfig = field(default_factory=ASHAConfig)
+    downstream_sparsity: float = 0.98
+    downstream_epochs: int = 5
+    downstream_allocation: str = "global"
+
+    def __post_init__(self) -> None:
+        for key in list(self.space) + list(self.fixed):
+            check(key in SCORER_FIELDS, key, f"is not a scorer field (fields: {', '.join(sorted(SCORER_FIELDS))})")
+        check(not set(self.space) & set(self.fixed), "fixed", "a field cannot be both searched and fixed")
+        check(self.num_samples > 0, "num_samples", "must be positive")
+        check(self.max_concurrent > 0, "max_concurrent", "must be positive")
+        check(0 < self.downstream_sparsity < 1, "downstream_sparsity", "must be in (0, 1)")
+
+    def resolve(self, values: dict[str, Any]) -> ScorerConfig:
+        """A ScorerConfig from fixed + sampled values, with feature group names expanded."""
+        data = {**self.fixed, **values}
+        if isinstance(data.get("features"), str):
+            group = data["features"]
+            if group not in self.feature_groups:
+                raise ConfigError(f"features: unknown group {group!r} (groups: {', '.join(self.feature_groups)})")
+            data["features"] = list(self.feature_groups[group])
+        return from_dict(ScorerConfig, data, where="scorer")
+
+    def validate(self) -> None:
+        """Every candidate value of every dimension makes a valid ScorerConfig."""
+        self.resolve({})
+        for key, dimension in self.space.items():
+            for value in dimension.values_to_check():
+                try:
+                    self.resolve({key: value})
+                except ConfigError as error:
+                    raise ConfigError(f"space.{key}: {error}") from None
+
+
+def load_space(path: str | Path) -> TuneSpace:
+    """A search space YAML, validated: every candidate value must make a valid ScorerConfig."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"search space file {str(path)!r} does not exist")
+    try:
+        space = from_dict(TuneSpace, load_yaml(path), where="space")
+        space.validate()
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    return space

@@ -1,16 +1,22 @@
-"""Pruning-at-initialization criteria: each scores every prunable weight (higher = keep)."""
+"""Pruning-at-initialization criteria: each scores every prunable weight of a (masked) network.
+
+A criterion sees the network as pruned so far (`ScoringContext.model` is a private copy whose pruned
+weights are zero) and returns one score per weight, higher = keep. Pruned weights are excluded by the
+caller, so a criterion never needs to know the mask; iterating a criterion re-scores the masked network
+(see `autosparse.pruning`).
+"""
 from __future__ import annotations
 
-import copy
-import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
-from .masks import Scope, select_top_k, prunable_parameters
+from .errors import UserError
+from .masks import Mask, prunable_parameters
 from .registry import Registry
 
 Batch = tuple[Tensor, Tensor]
@@ -19,38 +25,44 @@ GRASP_TEMPERATURE = 200.0
 SYNFLOW_ROUNDS = 100
 
 
+class ScoringError(UserError):
+    """A criterion cannot score with what it was given (missing data, input shape, mismatched batch)."""
+
+
 @dataclass(frozen=True)
 class ScoringContext:
-    """Everything a criterion may use. `batches` are model-ready (inputs, targets) pairs or None."""
+    """What a criterion may use. `model` is a private copy at initialization with the weights `mask`
+    prunes already zero (criteria may run it, never change its weights; `mask` None means dense);
+    `batches` are model-ready (inputs, targets) pairs or None."""
 
     model: nn.Module
     batches: Optional[Sequence[Batch]]
-    density: float
     seed: int = 0
-    scope: Scope = "global"
     input_shape: Optional[tuple[int, ...]] = None
+    mask: Optional[Mask] = None
 
     def require_batches(self, method: str) -> Sequence[Batch]:
         if not self.batches:
-            raise ValueError(f"method {method!r} needs data: pass data=(inputs, targets)")
+            raise ScoringError(f"method {method!r} needs data: pass data=(inputs, targets)")
         return self.batches
 
     def sample_input_shape(self) -> tuple[int, ...]:
         if self.batches:
             return tuple(self.batches[0][0].shape[1:])
         if self.input_shape is None:
-            raise ValueError("a data-free criterion needs input_shape= (or data) to know the input size")
+            raise ScoringError("a data-free criterion needs input_shape= (or data) to know the input size")
         return tuple(self.input_shape)
-
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
 
 @dataclass(frozen=True)
 class Criterion:
+    """A registered scoring rule; `default_steps` is how many re-scoring steps its method uses."""
+
     name: str
     score: Callable[[ScoringContext], Scores]
     needs_data: bool
+    default_steps: int = 1
+    constants: Optional[dict] = None
 
     def __call__(self, context: ScoringContext) -> Scores:
         if self.needs_data:
@@ -58,12 +70,13 @@ class Criterion:
         return self.score(context)
 
 
-CRITERIA: Registry[Criterion] = Registry("pruning method")
+CRITERIA: Registry[Criterion] = Registry("pruning criterion")
 
 
-def criterion(name: str, needs_data: bool) -> Callable[[Callable[[ScoringContext], Scores]], Criterion]:
+def criterion(name: str, needs_data: bool, default_steps: int = 1, constants: Optional[dict] = None) -> Callable:
+    """Register a scoring function as a criterion (`constants` enter the hashes of stages that use it)."""
     def register(score: Callable[[ScoringContext], Scores]) -> Criterion:
-        return CRITERIA.register(name)(Criterion(name, score, needs_data))
+        return CRITERIA.register(name)(Criterion(name, score, needs_data, default_steps, constants))
 
     return register
 
@@ -78,25 +91,21 @@ def as_batches(data: object) -> Optional[list[Batch]]:
         batches = list(data)
         if batches and all(isinstance(b, (tuple, list)) and len(b) == 2 for b in batches):
             return [(b[0], b[1]) for b in batches]
-    raise ValueError("data must be an (inputs, targets) pair or an iterable of such pairs")
+    raise ScoringError("data must be an (inputs, targets) pair or an iterable of such pairs")
 
 
 def forward(model: nn.Module, inputs: Tensor) -> Tensor:
-    """Run the model, turning a shape mismatch into a ValueError that names the batch shape."""
+    """Run the model, turning a shape mismatch into a ScoringError that names the batch shape."""
     try:
         return model(inputs)
     except RuntimeError as error:
         reason = str(error).splitlines()[0]
-        raise ValueError(f"data of shape {tuple(inputs.shape)} does not fit the model: {reason}") from None
-
-
-def scoring_copy(model: nn.Module) -> nn.Module:
-    """A private copy to score on, so scoring never touches the caller's weights, buffers or mode."""
-    return copy.deepcopy(model)
+        raise ScoringError(f"data of shape {tuple(inputs.shape)} does not fit the model: {reason}") from None
 
 
 def loss_gradients(model: nn.Module, batches: Sequence[Batch], temperature: float = 1.0) -> Scores:
-    """Mean cross-entropy gradient over the batches w.r.t. each prunable weight of `model`."""
+    """Mean cross-entropy gradient over the batches w.r.t. each prunable weight (model in train mode)."""
+    model.train()
     params = prunable_parameters(model)
     total = {n: torch.zeros_like(p) for n, p in params.items()}
     for inputs, targets in batches:
@@ -120,94 +129,59 @@ def hessian_gradient_product(model: nn.Module, batches: Sequence[Batch], tempera
     return product
 
 
-def synflow_scores(model: nn.Module, input_shape: tuple[int, ...], mask: Optional[dict[str, Tensor]] = None) -> Scores:
-    """One SynFlow pass on `model` (modified in place: call on a copy): w * dR/dw with |w|, ones input."""
-    model.double().eval()
+def synflow_scores(model: nn.Module, input_shape: tuple[int, ...]) -> Scores:
+    """One SynFlow pass: R = sum of the outputs of the network with every float tensor replaced by its
+    absolute value (float64, eval mode) on an all-ones input; score = w * dR/dw. The model is not copied
+    or changed: the pass runs through `functional_call` on absolute-valued tensors."""
     params = prunable_parameters(model)
-    with torch.no_grad():
-        for tensor in model.state_dict().values():
-            if tensor.is_floating_point():
-                tensor.abs_()
-        if mask is not None:
-            for name, param in params.items():
-                param.mul_(mask[name])
-    device = next(model.parameters()).device
-    output = forward(model, torch.ones((1, *input_shape), dtype=torch.float64, device=device))
-    grads = torch.autograd.grad(output.sum(), list(params.values()))
-    return {n: (p * g).detach() for (n, p), g in zip(params.items(), grads)}
+    state = {name: tensor.detach().abs().double() if tensor.is_floating_point() else tensor
+             for name, tensor in [*model.named_parameters(), *model.named_buffers()]}
+    for name in params:
+        state[name].requires_grad_(True)
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        device = next(iter(params.values())).device
+        output = functional_call(model, state, (torch.ones((1, *input_shape), dtype=torch.float64, device=device),))
+    except RuntimeError as error:
+        raise ScoringError(f"input shape {tuple(input_shape)} does not fit the model: "
+                           f"{str(error).splitlines()[0]}") from None
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    grads = torch.autograd.grad(output.sum(), [state[n] for n in params])
+    return {n: (state[n] * g).detach() for n, g in zip(params, grads)}
 
 
 @criterion("random", needs_data=False)
 def random_scores(context: ScoringContext) -> Scores:
+    """I.i.d. uniform scores from the seed (the same at every step)."""
     generator = torch.Generator().manual_seed(context.seed)
     return {n: torch.rand(p.shape, generator=generator) for n, p in prunable_parameters(context.model).items()}
 
 
 @criterion("magnitude", needs_data=False)
 def magnitude_scores(context: ScoringContext) -> Scores:
-    return {n: p.detach().abs().clone() for n, p in prunable_parameters(context.model).items()}
+    """|w| at initialization."""
+    return {n: p.detach().abs() for n, p in prunable_parameters(context.model).items()}
 
 
 @criterion("snip", needs_data=True)
 def snip_scores(context: ScoringContext) -> Scores:
-    """SNIP (Lee et al. 2019): |w * dL/dw| on the given batches."""
-    net = scoring_copy(context.model).train()
-    grads = loss_gradients(net, context.batches)
-    return {n: (p * grads[n]).detach().abs() for n, p in prunable_parameters(net).items()}
+    """SNIP (Lee et al. 2019): |w * dL/dw| of the (masked) network on the given batches."""
+    grads = loss_gradients(context.model, context.batches)
+    return {n: (p * grads[n]).detach().abs() for n, p in prunable_parameters(context.model).items()}
 
 
-@criterion("grasp", needs_data=True)
+@criterion("grasp", needs_data=True, constants={"temperature": GRASP_TEMPERATURE})
 def grasp_scores(context: ScoringContext) -> Scores:
     """GraSP (Wang et al. 2020): w * Hg with logits / 200; keeping the highest preserves gradient flow."""
-    net = scoring_copy(context.model).train()
-    product = hessian_gradient_product(net, context.batches, GRASP_TEMPERATURE)
-    return {n: (p * product[n]).detach() for n, p in prunable_parameters(net).items()}
+    product = hessian_gradient_product(context.model, context.batches, GRASP_TEMPERATURE)
+    return {n: (p * product[n]).detach() for n, p in prunable_parameters(context.model).items()}
 
 
-@criterion("synflow", needs_data=False)
-def iterative_synflow_scores(context: ScoringContext) -> Scores:
-    """SynFlow (Tanaka et al. 2020): 100 rounds on an exponential density schedule down to the target.
-
-    Returns the last round's scores with already-pruned weights at -inf, so selecting at the target
-    density reproduces the iterative mask exactly.
-    """
-    input_shape = context.sample_input_shape()
-    names = list(prunable_parameters(context.model))
-    mask: Optional[dict[str, Tensor]] = None
-    for round_index in range(1, SYNFLOW_ROUNDS + 1):
-        scores = synflow_scores(scoring_copy(context.model), input_shape, mask)
-        if mask is not None:
-            scores = {n: s.masked_fill(~mask[n], -math.inf) for n, s in scores.items()}
-        if round_index == SYNFLOW_ROUNDS:
-            return {n: scores[n].float() for n in names}
-        round_density = context.density ** (round_index / SYNFLOW_ROUNDS)
-        mask = dict(select_top_k(scores, round_density, context.scope).to(context.device()))
-    raise AssertionError("unreachable")
-
-
-def erk_layer_densities(shapes: dict[str, torch.Size], density: float) -> dict[str, float]:
-    """Erdos-Renyi-Kernel densities (Evci et al. 2020): proportional to sum(shape)/prod(shape), capped at 1."""
-    sizes = {n: math.prod(s) for n, s in shapes.items()}
-    raw = {n: sum(s) / sizes[n] for n, s in shapes.items()}
-    dense: set[str] = set()
-    while True:
-        budget = density * sum(sizes.values()) - sum(sizes[n] for n in dense)
-        scale = budget / sum(raw[n] * sizes[n] for n in raw if n not in dense)
-        overfull = {n for n in raw if n not in dense and raw[n] * scale > 1}
-        if not overfull:
-            return {n: 1.0 if n in dense else raw[n] * scale for n in raw}
-        dense |= overfull
-
-
-@criterion("erk", needs_data=False)
-def erk_scores(context: ScoringContext) -> Scores:
-    """Random positions with ERK layer densities: within layer l, score = d_l / (random rank quantile),
-    so a global threshold of 1 (hit at the target density) keeps exactly the ERK share of each layer."""
-    params = prunable_parameters(context.model)
-    densities = erk_layer_densities({n: p.shape for n, p in params.items()}, context.density)
-    generator = torch.Generator().manual_seed(context.seed)
-    scores = {}
-    for name, param in params.items():
-        quantile = (torch.randperm(param.numel(), generator=generator).double() + 0.5) / param.numel()
-        scores[name] = (densities[name] / quantile).view(param.shape)
-    return scores
+@criterion("synflow", needs_data=False, default_steps=SYNFLOW_ROUNDS)
+def synflow_criterion(context: ScoringContext) -> Scores:
+    """SynFlow (Tanaka et al. 2020): data-free synaptic flow of the masked network. Its method re-scores
+    in 100 steps on an exponential density schedule (the paper's setting), which avoids layer collapse."""
+    return synflow_scores(context.model, context.sample_input_shape())

@@ -1,27 +1,23 @@
-"""Turning failures into one-line messages for the command line."""
+"""The error taxonomy: `UserError` for anything the user can fix; everything else is a bug.
+
+The command line prints a `UserError` as one line and exits 2. Any other exception is a bug: one line
+naming its type and exit 1 (the traceback with `-v`). Ray wraps errors raised in tasks and training
+workers; `root_cause` unwraps them so a user error raised inside Ray is still reported as one.
+"""
 from __future__ import annotations
 
-from .data import DatasetUnavailableError
-from .registry import UnknownNameError
-from .schema import ConfigError
-from .survival import SurvivalFormatError
-from .training import NonFiniteLossError
 
-def user_error_types() -> tuple[type, ...]:
-    from .orchestration.runtime import RayUnavailableError
-    from .orchestration.tracking import TrackingUnavailableError
-    from .scorer import ScorerFormatError
+class UserError(Exception):
+    """Bad input, configuration, data or environment; the message names the value, key or path."""
 
-    return (ConfigError, UnknownNameError, DatasetUnavailableError, SurvivalFormatError, NonFiniteLossError,
-            ScorerFormatError, RayUnavailableError, TrackingUnavailableError, ValueError, KeyError,
-            FileNotFoundError, PermissionError)
+    def __str__(self) -> str:  # KeyError-like subclasses would otherwise quote the message
+        return str(self.args[0]) if self.args else type(self).__name__
 
 
-def _root_cause(error: BaseException) -> BaseException:
-    """Unwrap Ray's wrappers (task and training failures) down to the first error we can describe."""
-    known = user_error_types()
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost user error inside Ray's task and training wrappers (or the error itself)."""
     seen = set()
-    while not isinstance(error, known) and id(error) not in seen:
+    while not isinstance(error, UserError) and id(error) not in seen:
         seen.add(id(error))
         inner = getattr(error, "cause", None) or error.__cause__
         worker_errors = getattr(error, "worker_failures", None) or getattr(error, "errors", None)
@@ -34,12 +30,12 @@ def _root_cause(error: BaseException) -> BaseException:
 
 
 def is_user_error(error: BaseException) -> bool:
-    return isinstance(_root_cause(error), user_error_types())
+    return isinstance(root_cause(error), UserError)
 
 
 def describe(error: BaseException) -> str:
-    """One line: the message of the innermost describable error (with its type if it is a bug)."""
-    root = _root_cause(error)
+    """One line: a user error's message, or a bug's type and first line."""
+    root = root_cause(error)
     text = str(root).strip().splitlines()
     message = text[0] if text else type(root).__name__
-    return message if is_user_error(root) else f"{type(root).__name__}: {message}"
+    return message if isinstance(root, UserError) else f"{type(root).__name__}: {message}"

@@ -1,4 +1,9 @@
-"""Per-weight features at initialization (the scorer's inputs), as a versioned registry."""
+"""Per-weight features of a network at initialization, possibly already pruned (the scorer's inputs).
+
+Features are computed on the network as masked so far: gradients and SynFlow scores are those of the
+masked network, standardizations run over the kept weights of a layer (or of the model), and the
+connectivity features describe what the mask left. With a dense mask they are the classic init features.
+"""
 from __future__ import annotations
 
 import math
@@ -9,47 +14,77 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .criteria import (GRASP_TEMPERATURE, Batch, hessian_gradient_product, loss_gradients, scoring_copy,
+from .criteria import (GRASP_TEMPERATURE, Batch, ScoringError, hessian_gradient_product, loss_gradients,
                        synflow_scores)
-from .masks import prunable_parameters
+from .masks import Mask, prunable_parameters
 from .registry import Registry
 
 EPSILON = 1e-12
 
 
 class FeatureContext:
-    """Lazily computed quantities shared by features of one model at initialization."""
+    """Lazily computed quantities shared by the features of one (masked) network.
 
-    def __init__(self, model: nn.Module, batches: Optional[Sequence[Batch]], input_shape: Optional[tuple[int, ...]] = None):
+    `model` must be private to the caller (gradients are taken on it) with the weights `mask` prunes
+    already zero; `mask` None means dense.
+    """
+
+    def __init__(self, model: nn.Module, batches: Optional[Sequence[Batch]], input_shape: Optional[tuple[int, ...]] = None,
+                 mask: Optional[Mask] = None):
         self.model = model
         self.batches = batches
         self.input_shape = tuple(batches[0][0].shape[1:]) if batches else input_shape
         self.params = {n: p.detach() for n, p in prunable_parameters(model).items()}
-        self.modules = {f"{prefix}.weight" if prefix else "weight": m for prefix, m in model.named_modules()
-                        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
+        self.kept = {n: (mask[n] if mask is not None else torch.ones_like(p, dtype=torch.bool)).to(p.device)
+                     for n, p in self.params.items()}
 
     def _require_batches(self, feature: str) -> Sequence[Batch]:
         if not self.batches:
-            raise ValueError(f"feature {feature!r} needs data: pass a batch of training data")
+            raise ScoringError(f"feature {feature!r} needs data: pass a batch of training data")
         return self.batches
 
     @cached_property
     def gradient(self) -> dict[str, Tensor]:
-        return loss_gradients(scoring_copy(self.model).train(), self._require_batches("g0"))
+        return loss_gradients(self.model, self._require_batches("g0"))
 
     @cached_property
     def hessian_gradient(self) -> dict[str, Tensor]:
-        return hessian_gradient_product(scoring_copy(self.model).train(), self._require_batches("grasp"),
-                                        GRASP_TEMPERATURE)
+        return hessian_gradient_product(self.model, self._require_batches("grasp"), GRASP_TEMPERATURE)
 
     @cached_property
     def synflow(self) -> dict[str, Tensor]:
         if self.input_shape is None:
-            raise ValueError("feature 'synflow' needs the input shape (pass data)")
-        return {n: s.float() for n, s in synflow_scores(scoring_copy(self.model), self.input_shape).items()}
+            raise ScoringError("feature 'synflow' needs the input shape (pass data)")
+        return synflow_scores(self.model, self.input_shape)
 
-    def layer_constant(self, value: Callable[[int, str, nn.Module], float]) -> dict[str, Tensor]:
-        return {n: torch.full_like(p, value(i, n, self.modules[n])) for i, (n, p) in enumerate(self.params.items())}
+    @cached_property
+    def snip(self) -> dict[str, Tensor]:
+        return {n: (p * self.gradient[n]).abs() for n, p in self.params.items()}
+
+    def layer_constant(self, value: Callable[[int, str, Tensor], float]) -> dict[str, Tensor]:
+        return {n: torch.full_like(p, value(i, n, p)) for i, (n, p) in enumerate(self.params.items())}
+
+    def within_layer(self, values: dict[str, Tensor], log: bool = False) -> dict[str, Tensor]:
+        """Standardized over each layer's kept weights (log(|v| + eps) first when `log`)."""
+        return {n: standardize(_log(v) if log else v, self.kept[n]) for n, v in values.items()}
+
+    def over_model(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
+        """log(|v| + eps), standardized over all kept weights of the model (keeps the cross-layer order)."""
+        logs = {n: _log(v) for n, v in values.items()}
+        kept = torch.cat([logs[n][self.kept[n]].flatten() for n in logs])
+        mean, std = kept.mean(), kept.std(unbiased=False) + EPSILON
+        return {n: ((v - mean) / std).float() for n, v in logs.items()}
+
+
+def _log(values: Tensor) -> Tensor:
+    return values.double().abs().add(EPSILON).log()
+
+
+def standardize(values: Tensor, kept: Optional[Tensor] = None) -> Tensor:
+    """Zero mean, unit variance over the kept entries (all when `kept` is None); constant -> zeros."""
+    values = values.double()
+    reference = values[kept] if kept is not None and bool(kept.any()) else values.flatten()
+    return ((values - reference.mean()) / (reference.std(unbiased=False) + EPSILON)).float()
 
 
 @dataclass(frozen=True)
@@ -70,18 +105,12 @@ def feature(name: str, version: int = 1) -> Callable:
     return register
 
 
-def standardize(values: Tensor) -> Tensor:
-    """Zero mean, unit variance within one layer (constant layers map to zeros)."""
-    values = values.double()
-    return ((values - values.mean()) / (values.std(unbiased=False) + EPSILON)).float()
+def _fan_in(weight: Tensor) -> int:
+    return weight[0].numel()
 
 
-def _fan_in(module: nn.Module) -> int:
-    return module.weight[0].numel()
-
-
-def _fan_out(module: nn.Module) -> int:
-    return module.weight.shape[0] * math.prod(module.weight.shape[2:])
+def _fan_out(weight: Tensor) -> int:
+    return weight.shape[0] * math.prod(weight.shape[2:])
 
 
 @feature("w0")
@@ -98,14 +127,14 @@ def abs_w0(ctx: FeatureContext) -> dict[str, Tensor]:
 
 @feature("g0")
 def g0(ctx: FeatureContext) -> dict[str, Tensor]:
-    """Cross-entropy gradient at initialization on the feature batch."""
+    """Cross-entropy gradient of the (masked) network at initialization on the feature batch."""
     return ctx.gradient
 
 
 @feature("snip")
 def snip(ctx: FeatureContext) -> dict[str, Tensor]:
-    """SNIP saliency |w0 * g0|."""
-    return {n: (p * ctx.gradient[n]).abs() for n, p in ctx.params.items()}
+    """SNIP saliency |w0 * g0| of the (masked) network."""
+    return ctx.snip
 
 
 @feature("grasp")
@@ -116,102 +145,135 @@ def grasp(ctx: FeatureContext) -> dict[str, Tensor]:
 
 @feature("synflow")
 def synflow(ctx: FeatureContext) -> dict[str, Tensor]:
-    """Single-shot SynFlow score (|w| network, all-ones input)."""
-    return ctx.synflow
+    """Single-pass SynFlow score of the (masked) network (|w| network, all-ones input)."""
+    return {n: s.float() for n, s in ctx.synflow.items()}
 
 
 @feature("depth")
 def depth(ctx: FeatureContext) -> dict[str, Tensor]:
     """Relative depth of the layer: 0 for the first prunable layer, 1 for the last."""
     last = max(len(ctx.params) - 1, 1)
-    return ctx.layer_constant(lambda i, n, m: i / last)
+    return ctx.layer_constant(lambda i, n, p: i / last)
 
 
 @feature("log_fan_in")
 def log_fan_in(ctx: FeatureContext) -> dict[str, Tensor]:
     """log(fan-in): input features (times kernel size for convolutions)."""
-    return ctx.layer_constant(lambda i, n, m: math.log(_fan_in(m)))
+    return ctx.layer_constant(lambda i, n, p: math.log(_fan_in(p)))
 
 
 @feature("log_fan_out")
 def log_fan_out(ctx: FeatureContext) -> dict[str, Tensor]:
     """log(fan-out): output features (times kernel size for convolutions)."""
-    return ctx.layer_constant(lambda i, n, m: math.log(_fan_out(m)))
+    return ctx.layer_constant(lambda i, n, p: math.log(_fan_out(p)))
 
 
 @feature("kernel_size")
 def kernel_size(ctx: FeatureContext) -> dict[str, Tensor]:
     """Number of kernel positions (1 for linear layers)."""
-    return ctx.layer_constant(lambda i, n, m: float(math.prod(m.weight.shape[2:])))
+    return ctx.layer_constant(lambda i, n, p: float(math.prod(p.shape[2:])))
 
 
 @feature("log_layer_size")
 def log_layer_size(ctx: FeatureContext) -> dict[str, Tensor]:
     """log(number of weights in the layer)."""
-    return ctx.layer_constant(lambda i, n, m: math.log(m.weight.numel()))
+    return ctx.layer_constant(lambda i, n, p: math.log(p.numel()))
 
 
 @feature("layer_kind")
 def layer_kind(ctx: FeatureContext) -> dict[str, Tensor]:
     """0 for linear layers, 1 for convolutions."""
-    return ctx.layer_constant(lambda i, n, m: float(isinstance(m, nn.modules.conv._ConvNd)))
-
-
-@feature("w0_z")
-def w0_z(ctx: FeatureContext) -> dict[str, Tensor]:
-    """w0 standardized within its layer."""
-    return {n: standardize(p) for n, p in ctx.params.items()}
-
-
-@feature("g0_z")
-def g0_z(ctx: FeatureContext) -> dict[str, Tensor]:
-    """g0 standardized within its layer."""
-    return {n: standardize(g) for n, g in ctx.gradient.items()}
-
-
-@feature("log_snip_z")
-def log_snip_z(ctx: FeatureContext) -> dict[str, Tensor]:
-    """log SNIP saliency, standardized within its layer."""
-    return {n: standardize((p * ctx.gradient[n]).abs().double().add(EPSILON).log()) for n, p in ctx.params.items()}
-
-
-@feature("synflow_z")
-def synflow_z(ctx: FeatureContext) -> dict[str, Tensor]:
-    """log SynFlow score, standardized within its layer."""
-    return {n: standardize(s.double().add(EPSILON).log()) for n, s in ctx.synflow.items()}
+    return ctx.layer_constant(lambda i, n, p: float(p.dim() > 2))
 
 
 @feature("log_layer_share")
 def log_layer_share(ctx: FeatureContext) -> dict[str, Tensor]:
     """log(layer's share of all prunable weights): scale-free across model sizes."""
     total = sum(p.numel() for p in ctx.params.values())
-    return ctx.layer_constant(lambda i, n, m: math.log(m.weight.numel() / total))
+    return ctx.layer_constant(lambda i, n, p: math.log(p.numel() / total))
 
 
-def standardize_over_model(values: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Zero mean, unit variance over all prunable weights of the model (keeps cross-layer order)."""
-    flat = torch.cat([v.flatten().double() for v in values.values()])
-    mean, std = flat.mean(), flat.std(unbiased=False) + EPSILON
-    return {n: ((v.double() - mean) / std).float() for n, v in values.items()}
+@feature("w0_z")
+def w0_z(ctx: FeatureContext) -> dict[str, Tensor]:
+    """w0 standardized over its layer's kept weights."""
+    return ctx.within_layer(ctx.params)
+
+
+@feature("log_abs_w0_z")
+def log_abs_w0_z(ctx: FeatureContext) -> dict[str, Tensor]:
+    """log|w0| standardized over its layer's kept weights (the within-layer magnitude rank)."""
+    return ctx.within_layer(ctx.params, log=True)
+
+
+@feature("g0_z")
+def g0_z(ctx: FeatureContext) -> dict[str, Tensor]:
+    """g0 standardized over its layer's kept weights."""
+    return ctx.within_layer(ctx.gradient)
+
+
+@feature("log_snip_z")
+def log_snip_z(ctx: FeatureContext) -> dict[str, Tensor]:
+    """log SNIP saliency, standardized over its layer's kept weights."""
+    return ctx.within_layer(ctx.snip, log=True)
+
+
+@feature("synflow_z")
+def synflow_z(ctx: FeatureContext) -> dict[str, Tensor]:
+    """log SynFlow score, standardized over its layer's kept weights."""
+    return ctx.within_layer(ctx.synflow, log=True)
 
 
 @feature("log_abs_w0_gz")
 def log_abs_w0_gz(ctx: FeatureContext) -> dict[str, Tensor]:
-    """log|w0|, standardized over the whole model."""
-    return standardize_over_model({n: p.abs().double().add(EPSILON).log() for n, p in ctx.params.items()})
+    """log|w0|, standardized over all kept weights of the model."""
+    return ctx.over_model(ctx.params)
 
 
 @feature("log_snip_gz")
 def log_snip_gz(ctx: FeatureContext) -> dict[str, Tensor]:
-    """log SNIP saliency, standardized over the whole model."""
-    return standardize_over_model({n: (p * ctx.gradient[n]).abs().double().add(EPSILON).log()
-                                   for n, p in ctx.params.items()})
+    """log SNIP saliency, standardized over all kept weights of the model."""
+    return ctx.over_model(ctx.snip)
 
 
 @feature("synflow_gz")
 def synflow_gz(ctx: FeatureContext) -> dict[str, Tensor]:
-    """log SynFlow score, standardized over the whole model."""
-    return standardize_over_model({n: s.double().add(EPSILON).log() for n, s in ctx.synflow.items()})
+    """log SynFlow score, standardized over all kept weights of the model."""
+    return ctx.over_model(ctx.synflow)
+
+
+@feature("log_layer_density")
+def log_layer_density(ctx: FeatureContext) -> dict[str, Tensor]:
+    """log of the share of the layer's weights still kept (0 when dense)."""
+    return {n: torch.full_like(p, math.log(max(float(ctx.kept[n].float().mean()), EPSILON)))
+            for n, p in ctx.params.items()}
+
+
+@feature("log_density")
+def log_density(ctx: FeatureContext) -> dict[str, Tensor]:
+    """log of the share of the model's prunable weights still kept (0 when dense)."""
+    share = sum(int(k.sum()) for k in ctx.kept.values()) / sum(k.numel() for k in ctx.kept.values())
+    return ctx.layer_constant(lambda i, n, p: math.log(max(share, EPSILON)))
+
+
+@feature("out_unit_kept")
+def out_unit_kept(ctx: FeatureContext) -> dict[str, Tensor]:
+    """Share of the weight's output unit's incoming weights (its row) still kept."""
+    return {n: k.flatten(1).float().mean(1).view(-1, *[1] * (k.dim() - 1)).expand(k.shape).clone()
+            for n, k in ctx.kept.items()}
+
+
+@feature("in_unit_kept")
+def in_unit_kept(ctx: FeatureContext) -> dict[str, Tensor]:
+    """Share of the weight's input unit's outgoing weights in this layer (its column) still kept."""
+    out = {}
+    for name, kept in ctx.kept.items():
+        share = kept.transpose(0, 1).flatten(1).float().mean(1)
+        out[name] = share.view(1, -1, *[1] * (kept.dim() - 2)).expand(kept.shape).clone()
+    return out
+
+
+def all_feature_names() -> list[str]:
+    return FEATURES.names()
 
 
 def feature_versions(names: Sequence[str]) -> dict[str, int]:
@@ -219,9 +281,13 @@ def feature_versions(names: Sequence[str]) -> dict[str, int]:
 
 
 def compute_features(model: nn.Module, batches: Optional[Sequence[Batch]], names: Sequence[str],
-                     input_shape: Optional[tuple[int, ...]] = None) -> dict[str, Tensor]:
-    """Layer name -> (num_weights, len(names)) float32 matrix of the requested features at init."""
-    context = FeatureContext(model, batches, input_shape)
+                     input_shape: Optional[tuple[int, ...]] = None, mask: Optional[Mask] = None) -> dict[str, Tensor]:
+    """Layer name -> (num_weights, len(names)) float32 matrix of the requested features.
+
+    `model` is used as given (gradients are taken on it): pass a private copy whose pruned weights are
+    zero, e.g. `masks.masked_copy(model, mask)`.
+    """
+    context = FeatureContext(model, batches, input_shape, mask)
     columns = [FEATURES.get(name).compute(context) for name in names]
     return {
         layer: torch.stack([column[layer].detach().flatten().float().cpu() for column in columns], dim=1)

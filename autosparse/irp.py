@@ -1,7 +1,6 @@
 """Iterative rewind pruning (the lottery-ticket procedure), pure PyTorch and resumable per round."""
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -9,11 +8,15 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from .allocation import SHAPE_ALLOCATIONS, global_counts, keep_count, top_k_within_layers
 from .config import IRPChainConfig
 from .criteria import CRITERIA, ScoringContext
 from .data import Dataset
-from .masks import Mask, apply_mask, select_top_k
+from .errors import UserError
+from .masks import Mask, apply_mask, masked_copy
 from .models import build_model
+from .pruning import exclude_pruned
+from .survival import RoundFeatures
 from .training import Shard, make_optimizer, train
 
 FEATURE_BATCH_SEED_OFFSET = 7919
@@ -82,11 +85,15 @@ def initial_state(model: nn.Module) -> IRPState:
     return IRPState(0, mask, {n: torch.zeros(m.shape, dtype=torch.int16) for n, m in mask.items()}, initial, initial)
 
 
-def prune_trained(model: nn.Module, mask: Mask, density: float, criterion: str, batch, scope: str) -> Mask:
+def prune_trained(model: nn.Module, mask: Mask, density: float, criterion: str, batch, allocation: str) -> Mask:
     """Remove weights from the trained network by magnitude or SNIP, never reviving pruned ones."""
-    scores = CRITERIA.get(criterion)(ScoringContext(model, [batch], density, 0, scope))
-    scores = {n: s.cpu().masked_fill(~mask[n].cpu(), -math.inf) for n, s in scores.items()}
-    return select_top_k(scores, density, scope)
+    scores = exclude_pruned(CRITERIA.get(criterion)(ScoringContext(model, [batch])), mask)
+    keep = keep_count(mask.num_total(), density)
+    if allocation == "global":
+        counts = global_counts(scores, keep)
+    else:
+        counts = SHAPE_ALLOCATIONS.get(allocation).counts({n: s.shape for n, s in scores.items()}, density)
+    return top_k_within_layers(scores, counts)
 
 
 def run_irp(
@@ -94,7 +101,6 @@ def run_irp(
     dataset: Dataset,
     *,
     state: Optional[IRPState] = None,
-    score_batch_size: int = 256,
     device: torch.device | str = "cpu",
     shard: Shard = Shard(),
     wrap: Callable[[nn.Module], nn.Module] = lambda model: model,
@@ -107,29 +113,29 @@ def run_irp(
     `on_round` is called after every round with the new state, the trained model and optimizer.
     The result's `survival[w]` counts the prunings weight w survived (0..R).
     """
-    irp = config.irp
+    irp, recipe = config.irp, config.train
     model = build_model(config.model, dataset.input_shape, dataset.num_classes, config.seed).to(device)
     state = state or initial_state(model)
-    batch = feature_batch(dataset, score_batch_size, config.seed)
+    batch = feature_batch(dataset, config.score_batch_size, config.seed)
     for round_index in range(state.completed, irp.rounds + 1):
         started = time.perf_counter()
         model.load_state_dict(state.rewind if round_index > 0 else state.initial)
         apply_mask(model, state.mask.to(device))
         net = wrap(model)
-        optimizer = make_optimizer(net, irp.train)
+        optimizer = make_optimizer(net, recipe)
         capture_rewind = round_index == 0 and irp.rewind_step > 0
 
         def on_step(step: int) -> None:
             if capture_rewind and step == irp.rewind_step:
                 state.rewind = clone_state(model)
 
-        history = train(net, dataset, irp.train, seed=config.seed * 1000 + round_index, shard=shard,
+        history = train(net, dataset, recipe, seed=config.seed * 1000 + round_index, shard=shard,
                         optimizer=optimizer, on_step=on_step)
         if capture_rewind and state.rewind is state.initial:
-            raise ValueError(f"rewind_step {irp.rewind_step} is beyond the first round's training steps")
+            raise UserError(f"rewind_step {irp.rewind_step} is beyond the first round's training steps")
         if round_index < irp.rounds:
             density = density_after(round_index + 1, irp.prune_fraction)
-            state.mask = agree(prune_trained(model, state.mask, density, irp.trained_criterion, batch, irp.scope))
+            state.mask = agree(prune_trained(model, state.mask, density, irp.trained_criterion, batch, irp.allocation))
             state.survival = {n: s + state.mask[n].cpu().to(torch.int16) for n, s in state.survival.items()}
         state.history.append(RoundRecord(round_index, density_after(round_index, irp.prune_fraction),
                                          history.final_accuracy, history.train_loss[-1],
@@ -147,14 +153,26 @@ def check_schedule(state: IRPState, config: IRPChainConfig) -> None:
         raise AssertionError(f"IRP kept {state.mask.num_kept()} weights, expected {expected:.1f}")
 
 
-def chain_features(config: IRPChainConfig, dataset: Dataset, state: IRPState, score_batch_size: int) -> dict[str, Tensor]:
-    """Init features of the chain's network (rebuilt at w0) on its fixed feature batch."""
+def feature_rounds(config: IRPChainConfig) -> list[int]:
+    """The rounds whose masked networks get feature rows: 0, s, 2s, ... below R (s the stride)."""
+    return list(range(0, config.irp.rounds, config.irp.feature_round_stride))
+
+
+def chain_features(config: IRPChainConfig, dataset: Dataset, state: IRPState) -> list[RoundFeatures]:
+    """For each feature round r: the features of the initial network masked by round r's mask (the
+    weights that survived r prunings), on the chain's fixed feature batch, for the weights kept then."""
     from .features import compute_features
 
     model = build_model(config.model, dataset.input_shape, dataset.num_classes, config.seed)
     model.load_state_dict(state.initial)
-    batch = feature_batch(dataset.to("cpu"), score_batch_size, config.seed)
-    return compute_features(model, [batch], config.irp.features)
+    batch = feature_batch(dataset.to("cpu"), config.score_batch_size, config.seed)
+    blocks = []
+    for round_index in feature_rounds(config):
+        mask = Mask({n: s >= round_index for n, s in state.survival.items()})
+        features = compute_features(masked_copy(model, mask), [batch], config.irp.features, mask=mask)
+        positions = {n: torch.nonzero(kept.flatten()).flatten() for n, kept in mask.items()}
+        blocks.append(RoundFeatures(round_index, positions, {n: features[n][positions[n]] for n in features}))
+    return blocks
 
 
 def survival_metadata(config: IRPChainConfig, state: IRPState, config_hash: str) -> dict:
@@ -165,7 +183,7 @@ def survival_metadata(config: IRPChainConfig, state: IRPState, config_hash: str)
         "model": config.model, "dataset": config.dataset, "seed": config.seed,
         "rounds": config.irp.rounds, "prune_fraction": config.irp.prune_fraction,
         "rewind_step": config.irp.rewind_step, "trained_criterion": config.irp.trained_criterion,
-        "scope": config.irp.scope, "feature_names": list(config.irp.features),
+        "allocation": config.irp.allocation, "feature_names": list(config.irp.features),
         "feature_versions": feature_versions(config.irp.features),
         "history": [vars(r) for r in state.history], "config_hash": config_hash,
         "library_version": __version__,

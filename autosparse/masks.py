@@ -1,26 +1,51 @@
-"""Masks over prunable weights, exact top-k selection, and applying a mask so pruned weights stay zero."""
+"""Masks over prunable weights, and applying a mask so pruned weights stay zero while training."""
 from __future__ import annotations
 
-import math
+import copy
 import os
-from typing import Iterator, Literal, Mapping
+from typing import Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
 
+from .errors import UserError
 from .io import atomic_write
 
-Scope = Literal["global", "layerwise"]
-SCOPES = ("global", "layerwise")
+PRUNABLE_HOOK = "prunable_parameter_names"
+
+
+class MaskError(UserError):
+    """A mask file is unreadable, or a mask does not fit the model it is applied to."""
 
 
 def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The `weight` of every Conv and Linear layer, keyed as in `model.named_parameters()`."""
+    """The tensors pruning may remove, keyed as in `model.named_parameters()`.
+
+    A model may declare them with a method `prunable_parameter_names()`; by default they are the
+    `weight` of every Conv and Linear layer (classifier included). Biases and norms are never pruned.
+    """
+    declared = getattr(model, PRUNABLE_HOOK, None)
+    if callable(declared):
+        params = dict(model.named_parameters())
+        return {name: params[name] for name in declared()}
     return {
         f"{prefix}.weight" if prefix else "weight": module.weight
         for prefix, module in model.named_modules()
         if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))
     }
+
+
+def masked_copy(model: nn.Module, mask: "Mask") -> nn.Module:
+    """A private copy of `model` with the weights `mask` prunes set to zero (no hooks: for scoring)."""
+    net = copy.deepcopy(model)
+    zero_pruned(net, mask)
+    return net
+
+
+@torch.no_grad()
+def zero_pruned(model: nn.Module, mask: "Mask") -> None:
+    for name, param in prunable_parameters(model).items():
+        param.mul_(mask[name].to(param.device))
 
 
 class Mask(Mapping[str, Tensor]):
@@ -29,7 +54,7 @@ class Mask(Mapping[str, Tensor]):
     def __init__(self, tensors: Mapping[str, Tensor]):
         for name, tensor in tensors.items():
             if not isinstance(tensor, Tensor) or tensor.dtype != torch.bool:
-                raise ValueError(f"mask entry {name!r} must be a bool tensor")
+                raise MaskError(f"mask entry {name!r} must be a bool tensor")
         self._tensors = dict(tensors)
 
     @classmethod
@@ -68,15 +93,15 @@ class Mask(Mapping[str, Tensor]):
         return Mask({n: t.to(device) for n, t in self._tensors.items()})
 
     def validate(self, model: nn.Module) -> None:
-        """Raise ValueError unless this mask has exactly the model's prunable weights and shapes."""
+        """Raise MaskError unless this mask has exactly the model's prunable weights and shapes."""
         params = prunable_parameters(model)
         missing, extra = set(params) - set(self), set(self) - set(params)
         if missing or extra:
             detail = f"missing {sorted(missing)}" if missing else f"unknown {sorted(extra)}"
-            raise ValueError(f"mask does not fit the model: {detail} prunable parameters")
+            raise MaskError(f"mask does not fit the model: {detail} prunable parameters")
         for name, param in params.items():
             if tuple(self[name].shape) != tuple(param.shape):
-                raise ValueError(
+                raise MaskError(
                     f"mask for {name!r} has shape {tuple(self[name].shape)}, the model's is {tuple(param.shape)}"
                 )
 
@@ -89,58 +114,12 @@ class Mask(Mapping[str, Tensor]):
         try:
             tensors = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
-            raise
+            raise MaskError(f"mask file {str(path)!r} does not exist") from None
         except Exception as error:  # truncated or foreign files raise many different types
-            raise ValueError(f"{str(path)!r} is not a readable mask file: {type(error).__name__}") from None
+            raise MaskError(f"{str(path)!r} is not a readable mask file: {type(error).__name__}") from None
         if not isinstance(tensors, dict) or not tensors:
-            raise ValueError(f"{str(path)!r} is not a mask file")
+            raise MaskError(f"{str(path)!r} is not a mask file")
         return cls(tensors)
-
-
-def check_density(density: float) -> None:
-    if not (isinstance(density, (int, float)) and 0.0 < density < 1.0) or math.isnan(density):
-        raise ValueError(f"density {density!r} is outside (0, 1)")
-
-
-def select_top_k(scores: Mapping[str, Tensor], density: float, scope: Scope = "global") -> Mask:
-    """Keep the highest scores so that exactly round(density * total) weights survive.
-
-    Ties break by position (stable sort), NaN counts as the lowest score. `layerwise` gives every
-    layer the same density, distributing the rounding remainder by largest fractional part.
-    """
-    check_density(density)
-    if scope not in SCOPES:
-        raise ValueError(f"unknown scope {scope!r} (known: {', '.join(SCOPES)})")
-    flat = {n: torch.nan_to_num(s.detach().flatten().float().cpu(), nan=-math.inf) for n, s in scores.items()}
-    total = sum(s.numel() for s in flat.values())
-    keep = round(density * total)
-    if keep == 0:
-        raise ValueError(f"density {density} keeps no weight of {total}")
-    if scope == "global":
-        order = torch.argsort(torch.cat(list(flat.values())), descending=True, stable=True)
-        kept = torch.zeros(total, dtype=torch.bool)
-        kept[order[:keep]] = True
-        pieces = kept.split([s.numel() for s in flat.values()])
-    else:
-        quotas = _layer_quotas([s.numel() for s in flat.values()], keep)
-        pieces = [_top_k_flat(s, k) for s, k in zip(flat.values(), quotas)]
-    return Mask({n: p.view(scores[n].shape) for n, p in zip(flat, pieces)})
-
-
-def _top_k_flat(scores: Tensor, k: int) -> Tensor:
-    kept = torch.zeros(scores.numel(), dtype=torch.bool)
-    kept[torch.argsort(scores, descending=True, stable=True)[:k]] = True
-    return kept
-
-
-def _layer_quotas(sizes: list[int], keep: int) -> list[int]:
-    total = sum(sizes)
-    exact = [keep * n / total for n in sizes]
-    quotas = [math.floor(q) for q in exact]
-    by_remainder = sorted(range(len(sizes)), key=lambda i: (-(exact[i] - quotas[i]), i))
-    for i in by_remainder[: keep - sum(quotas)]:
-        quotas[i] += 1
-    return quotas
 
 
 def apply_mask(model: nn.Module, mask: Mask) -> None:
@@ -159,3 +138,16 @@ def apply_mask(model: nn.Module, mask: Mask) -> None:
             param.mul_(keep)
             handles.append(param.register_hook(lambda grad, keep=keep: grad * keep))
     model._autosparse_mask_hooks = handles
+
+
+def broadcast_mask(mask: Mask, src: int = 0) -> Mask:
+    """Every rank of the default process group adopts rank `src`'s mask (data-parallel training)."""
+    import torch.distributed as dist
+
+    device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+    synced = {}
+    for name, kept in mask.items():
+        tensor = kept.to(device=device, dtype=torch.uint8)
+        dist.broadcast(tensor, src=src)
+        synced[name] = tensor.bool().cpu()
+    return Mask(synced)

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
+from .errors import UserError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError, ValueError):
-    """Raised for a name no registry entry has; both a KeyError and a ValueError."""
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return str(self.args[0])
+class UnknownNameError(UserError):
+    """Raised for a name no registry entry has; the message lists the known names."""
 
 
 class Registry(Generic[T]):
@@ -23,7 +22,7 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[T], T]:
         def add(entry: T) -> T:
             if name in self._entries:
-                raise ValueError(f"{self.family} {name!r} is registered twice")
+                raise RuntimeError(f"{self.family} {name!r} is registered twice")
             self._entries[name] = entry
             return entry
 
@@ -38,6 +37,10 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._entries)
+
+    def registered(self) -> list[str]:
+        """Names in the order they were registered."""
+        return list(self._entries)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -1,33 +1,79 @@
-"""Accuracy tables (mean +- std over seeds) and plots for a generalization matrix."""
+"""Accuracy tables (mean ± std over seeds), convergence and anchor flags, margins, and plots for a matrix."""
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
+import re
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .experiment import AUTOS, DENSE
-from .io import atomic_write
+from .config import TrainConfig
+from .errors import UserError
+from .experiment import DENSE, CellSpec
+from .io import atomic_write, write_json
+from .pruning import AUTOS
+from .recipes import anchors
 
 IRP_LABEL = "irp (reference)"
+RECORDS_FILE = "records.json"
+ANCHOR_TOLERANCE = 3.0  # points a dense reference may fall short of its published anchor
+NO_PROGRESS = 0.9  # final training loss at or above this share of the initial loss: did not train
+CHANCE_FACTOR = 1.5  # test accuracy at or below this multiple of chance (1 / classes): did not train
+FLAG_COLLAPSED = "†"
+FLAG_UNTRAINED = "‡"
+RESCALING_NOTE = "Kept weights keep their initial values (no method rescales them)."
 
 
 @dataclass
 class CellRecord:
     target: str  # "model/dataset"
-    label: str  # method label, e.g. "snip+shuffle"
-    method: str
+    label: str  # method label as in tables, e.g. "snip/iter20@alloc:synflow+shuffle"
+    method: str  # the method without its variant (or "irp", "dense")
     variant: Optional[str]
-    source: Optional[str]
     sparsity: float
     seed: int
     accuracy: float
     layer_densities: dict[str, float]
     collapsed: list[str]
+    initial_loss: float = math.nan
+    final_loss: float = math.nan
+    num_classes: int = 0
+    irp_density: Optional[float] = None  # IRP references sit at the closest IRP density
+
+    @classmethod
+    def of(cls, spec: CellSpec, result: dict) -> "CellRecord":
+        return cls(spec.target.pair, spec.label, spec.method, spec.variant, spec.sparsity, spec.seed,
+                   result["test_accuracy"], result["layer_densities"], result["collapsed_layers"],
+                   result["initial_loss"], result["train_loss_per_epoch"][-1], result["num_classes"])
+
+    @property
+    def is_autos(self) -> bool:
+        return self.method.split(":")[0] == AUTOS
+
+    @property
+    def is_control(self) -> bool:
+        """A PaI baseline: neither dense, IRP, AutoS nor a sanity variant."""
+        return self.variant is None and self.method not in (DENSE, "irp") and not self.is_autos
+
+    def did_not_train(self) -> bool:
+        """Loss stuck near its start, or chance accuracy, while no layer collapsed."""
+        if self.collapsed or self.method == "irp" or not self.num_classes:
+            return False
+        stuck = math.isfinite(self.initial_loss) and self.final_loss >= NO_PROGRESS * self.initial_loss
+        return stuck or self.accuracy <= CHANCE_FACTOR / self.num_classes
+
+
+@dataclass
+class ReportContext:
+    """What the report states besides accuracies: each target's recipe and each AutoS method's sources."""
+
+    recipes: dict[str, TrainConfig] = field(default_factory=dict)
+    sources: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -38,7 +84,9 @@ class Summary:
     mean: float
     std: float
     seeds: int
-    actual_sparsity: Optional[float] = None  # IRP references sit at the closest IRP density
+    collapsed: int = 0
+    untrained: int = 0
+    irp_density: Optional[float] = None
 
 
 def irp_reference_records(target: str, history: list[dict], sparsities: list[float], seed: int) -> list[CellRecord]:
@@ -46,9 +94,8 @@ def irp_reference_records(target: str, history: list[dict], sparsities: list[flo
     records = []
     for sparsity in sparsities:
         best = min(history, key=lambda r: abs(math.log(r["density"]) - math.log(1 - sparsity)))
-        records.append(CellRecord(target, IRP_LABEL, "irp", None, None, sparsity, seed, best["test_accuracy"],
-                                  {}, []))
-        records[-1].layer_densities = {"__density__": best["density"]}
+        records.append(CellRecord(target, IRP_LABEL, "irp", None, sparsity, seed, best["test_accuracy"], {}, [],
+                                  irp_density=best["density"]))
     return records
 
 
@@ -60,73 +107,162 @@ def summarize(records: list[CellRecord]) -> list[Summary]:
     for (target, label, sparsity), group in sorted(groups.items()):
         values = [r.accuracy for r in group]
         std = statistics.stdev(values) if len(values) > 1 else 0.0
-        actual = None
-        if group[0].method == "irp":
-            actual = 1 - group[0].layer_densities["__density__"]
-        summaries.append(Summary(target, label, sparsity, statistics.fmean(values), std, len(values), actual))
+        summaries.append(Summary(target, label, sparsity, statistics.fmean(values), std, len(values),
+                                 sum(bool(r.collapsed) for r in group), sum(r.did_not_train() for r in group),
+                                 group[0].irp_density))
     return summaries
 
 
 def _method_order(label: str) -> tuple:
     base = label.split("+")[0]
-    rank = 0 if label == DENSE else 2 if base == IRP_LABEL else 1
-    return (rank, base.startswith(AUTOS), label)
+    rank = 0 if label == DENSE else 3 if base == IRP_LABEL else 2 if base.startswith(AUTOS) else 1
+    return (rank, base, label)
+
+
+def dense_anchor_note(target: str, dense: Optional[Summary]) -> tuple[str, bool]:
+    """The published dense reference beside ours, and whether ours falls more than 3 points short."""
+    model, _, dataset = target.partition("/")
+    for anchor in anchors(dataset, model):
+        if anchor.method == DENSE and dense is not None:
+            short = anchor.accuracy - 100 * dense.mean > ANCHOR_TOLERANCE
+            flag = f" — **{100 * dense.mean:.1f} is more than {ANCHOR_TOLERANCE:.0f} points below it**" if short else ""
+            return f"published dense reference: {anchor.accuracy:.1f}% ({anchor.source}){flag}", short
+    return "", False
 
 
 def markdown_table(summaries: list[Summary]) -> str:
-    """One table per target: methods as rows, sparsities as columns, cells 'mean +- std' in percent."""
+    """One table per target: methods as rows, sparsities as columns, cells 'mean ± std' in percent."""
     out = io.StringIO()
-    targets = sorted({s.target for s in summaries})
-    for target in targets:
+    for target in sorted({s.target for s in summaries}):
         rows = [s for s in summaries if s.target == target]
         sparsities = sorted({s.sparsity for s in rows if s.label != DENSE})
-        labels = sorted({s.label for s in rows}, key=_method_order)
-        out.write(f"\n### {target}\n\n| method | " + " | ".join(f"{s:.0%} sparse" for s in sparsities) + " |\n")
+        dense = next((s for s in rows if s.label == DENSE), None)
+        note, short = dense_anchor_note(target, dense)
+        out.write(f"\n### {target}{' (dense reference below its anchor)' if short else ''}\n\n")
+        if note:
+            out.write(f"{note}\n\n")
+        out.write("| method | " + " | ".join(f"{s:.0%} sparse" for s in sparsities) + " |\n")
         out.write("|---|" + "---|" * len(sparsities) + "\n")
-        for label in labels:
+        for label in sorted({s.label for s in rows}, key=_method_order):
             cells = []
             for sparsity in sparsities:
                 match = [s for s in rows if s.label == label and (s.sparsity == sparsity or label == DENSE)]
-                if not match:
-                    cells.append("")
-                    continue
-                s = match[0]
-                text = f"{100 * s.mean:.1f} ± {100 * s.std:.1f}"
-                if s.actual_sparsity is not None:
-                    text += f" (at {s.actual_sparsity:.1%})"
-                cells.append(text)
+                cells.append(_cell_text(match[0]) if match else "")
             out.write(f"| {label} | " + " | ".join(cells) + " |\n")
+        model, _, dataset = target.partition("/")
+        published = [a for a in anchors(dataset, model) if a.method != DENSE and a.sparsity in sparsities]
+        if published:
+            out.write("\nPublished: " + "; ".join(f"{a.method} {a.accuracy:.1f}% at {a.sparsity:.0%} ({a.source})"
+                                                   for a in published) + "\n")
     seeds = max((s.seeds for s in summaries), default=0)
-    out.write(f"\nTest accuracy in %, mean ± std over up to {seeds} seeds.\n")
+    out.write(f"\nTest accuracy in %, mean ± std over up to {seeds} seeds. {FLAG_COLLAPSED}: a layer collapsed (no "
+              f"weight kept) in that many seeds; {FLAG_UNTRAINED}: did not train (loss stayed near its start or "
+              f"chance accuracy, with no collapsed layer) in that many seeds.\n")
     return out.getvalue()
+
+
+def _cell_text(s: Summary) -> str:
+    text = f"{100 * s.mean:.1f} ± {100 * s.std:.1f}"
+    if s.irp_density is not None:
+        text += f" (at {1 - s.irp_density:.1%})"
+    if s.collapsed:
+        text += f" {FLAG_COLLAPSED}{s.collapsed}"
+    if s.untrained:
+        text += f" {FLAG_UNTRAINED}{s.untrained}"
+    return text
+
+
+@dataclass
+class Margin:
+    target: str
+    label: str
+    sparsity: float
+    autos: Summary
+    best: Optional[Summary]
+    irp: Optional[Summary]
+
+    @property
+    def over_best(self) -> float:
+        return self.autos.mean - self.best.mean if self.best else math.nan
+
+    @property
+    def to_irp(self) -> float:
+        return self.autos.mean - self.irp.mean if self.irp else math.nan
+
+
+def margins(summaries: list[Summary], records: list[CellRecord]) -> list[Margin]:
+    """Per AutoS method, target and sparsity: the best control (any PaI baseline) and the IRP reference."""
+    controls = {r.label for r in records if r.is_control}
+    keyed = {(s.target, s.label, s.sparsity): s for s in summaries}
+    out = []
+    for s in summaries:
+        if not s.label.startswith(AUTOS) or "+" in s.label:
+            continue
+        candidates = [keyed[(s.target, c, s.sparsity)] for c in controls if (s.target, c, s.sparsity) in keyed]
+        best = max(candidates, key=lambda c: c.mean) if candidates else None
+        out.append(Margin(s.target, s.label, s.sparsity, s, best, keyed.get((s.target, IRP_LABEL, s.sparsity))))
+    return out
+
+
+def margin_table(items: list[Margin]) -> str:
+    if not items:
+        return ""
+    lines = ["| target | sparsity | AutoS method | AutoS | best control | margin | IRP | gap to IRP |",
+             "|---|---|---|---|---|---|---|---|"]
+    for m in sorted(items, key=lambda m: (m.target, m.label, m.sparsity)):
+        best = f"{m.best.label} {100 * m.best.mean:.1f}" if m.best else ""
+        irp = f"{100 * m.irp.mean:.1f}" if m.irp else ""
+        lines.append(f"| {m.target} | {m.sparsity:.0%} | {m.label} | {_cell_text(m.autos)} | {best} | "
+                     f"{100 * m.over_best:+.1f} | {irp} | {100 * m.to_irp:+.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def recipe_text(context: ReportContext) -> str:
+    if not context.recipes:
+        return ""
+    lines = ["| target | epochs | batch | optimizer | lr | schedule | weight decay | warm-up |", "|---|---|---|---|---|---|---|---|"]
+    for target, t in sorted(context.recipes.items()):
+        schedule = t.schedule + (f" {t.milestones} x{t.gamma}" if t.schedule == "multistep" else "")
+        lines.append(f"| {target} | {t.epochs} | {t.batch_size} | {t.optimizer} (momentum {t.momentum}) | {t.lr} | "
+                     f"{schedule} | {t.weight_decay} | {t.warmup_epochs} |")
+    return ("Every method, the dense reference and the IRP reference of a target train with its recipe "
+            f"(autosparse/recipes.py plus the config's overrides). {RESCALING_NOTE}\n\n" + "\n".join(lines) + "\n")
 
 
 def csv_text(records: list[CellRecord]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["target", "method", "variant", "source", "label", "sparsity", "seed", "accuracy", "collapsed"])
+    writer.writerow(["target", "method", "variant", "label", "sparsity", "seed", "accuracy", "collapsed",
+                     "did_not_train", "initial_loss", "final_loss"])
     for r in records:
-        writer.writerow([r.target, r.method, r.variant or "", r.source or "", r.label, r.sparsity, r.seed,
-                         f"{r.accuracy:.6f}", ";".join(r.collapsed)])
+        writer.writerow([r.target, r.method, r.variant or "", r.label, r.sparsity, r.seed, f"{r.accuracy:.6f}",
+                         ";".join(r.collapsed), int(r.did_not_train()), f"{r.initial_loss:.4f}", f"{r.final_loss:.4f}"])
     return out.getvalue()
 
 
-def best_baseline_gap(summaries: list[Summary]) -> dict[tuple[str, str], float]:
-    """(AutoS label, target) -> mean over sparsities of AutoS minus the best PaI baseline (no variants)."""
-    gaps: dict[tuple[str, str], list[float]] = defaultdict(list)
-    keyed = {(s.target, s.label, s.sparsity): s.mean for s in summaries}
+def metric_key(*parts: object) -> str:
+    """An MLflow metric name from parts (characters MLflow rejects become '_')."""
+    return re.sub(r"[^\w.\-/ :]", "_", ".".join(str(p) for p in parts))
+
+
+def summary_metrics(records: list[CellRecord]) -> dict[str, float]:
+    """The pipeline's summary as metrics: mean and std per (target, method, sparsity), AutoS margins."""
+    summaries = summarize(records)
+    metrics = {}
     for s in summaries:
-        if not s.label.startswith(AUTOS) or "+" in s.label:
-            continue
-        baselines = [m for (t, label, sp), m in keyed.items() if t == s.target and sp == s.sparsity
-                     and "+" not in label and not label.startswith(AUTOS) and label not in (DENSE, IRP_LABEL)]
-        if baselines:
-            gaps[(s.label, s.target)].append(s.mean - max(baselines))
-    return {key: statistics.fmean(v) for key, v in gaps.items()}
+        sparsity = 0 if s.label == DENSE else s.sparsity
+        metrics[metric_key("mean", s.target, s.label, sparsity)] = s.mean
+        metrics[metric_key("std", s.target, s.label, sparsity)] = s.std
+    for m in margins(summaries, records):
+        if m.best:
+            metrics[metric_key("autos_minus_best_control", m.target, m.label, m.sparsity)] = m.over_best
+        if m.irp:
+            metrics[metric_key("autos_minus_irp", m.target, m.label, m.sparsity)] = m.to_irp
+    return metrics
 
 
 def write_plots(records: list[CellRecord], summaries: list[Summary], folder: Path) -> list[Path]:
-    """Accuracy vs sparsity per target, per-layer densities per method, and the AutoS gap heatmap."""
+    """Accuracy vs sparsity per target, per-layer densities per method, and the AutoS margin heatmap."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,21 +311,23 @@ def write_plots(records: list[CellRecord], summaries: list[Summary], folder: Pat
         axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
         paths.append(_save(fig, folder / "layer_densities.png"))
 
-    gaps = best_baseline_gap(summaries)
-    if gaps:
-        rows, cols = sorted({k[0] for k in gaps}), sorted({k[1] for k in gaps})
-        values = [[gaps.get((r, c), math.nan) * 100 for c in cols] for r in rows]
-        fig, ax = plt.subplots(figsize=(1.8 * len(cols) + 3, 0.8 * len(rows) + 2))
+    items = [m for m in margins(summaries, records) if m.best]
+    if items:
+        rows = sorted({m.label for m in items})
+        cols = sorted({(m.target, m.sparsity) for m in items})
+        keyed = {(m.label, m.target, m.sparsity): 100 * m.over_best for m in items}
+        values = [[keyed.get((r, *c), math.nan) for c in cols] for r in rows]
+        fig, ax = plt.subplots(figsize=(1.3 * len(cols) + 4, 0.7 * len(rows) + 2.5))
         limit = max(1.0, max(abs(v) for row in values for v in row if not math.isnan(v)))
-        image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit)
-        ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
+        image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+        ax.set_xticks(range(len(cols)), [f"{t} {s:.0%}" for t, s in cols], rotation=40, ha="right")
         ax.set_yticks(range(len(rows)), rows)
         for i, row in enumerate(values):
             for j, value in enumerate(row):
-                ax.text(j, i, "" if math.isnan(value) else f"{value:+.1f}", ha="center", va="center")
-        fig.colorbar(image, label="AutoS - best baseline (accuracy points)")
-        ax.set_title("AutoS minus best PaI baseline, mean over sparsities")
-        paths.append(_save(fig, folder / "autos_gap_heatmap.png"))
+                ax.text(j, i, "" if math.isnan(value) else f"{value:+.1f}", ha="center", va="center", fontsize=8)
+        fig.colorbar(image, label="AutoS - best control (accuracy points)")
+        ax.set_title("AutoS minus the best PaI control")
+        paths.append(_save(fig, folder / "autos_margin_heatmap.png"))
     return paths
 
 
@@ -202,40 +340,55 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def write_report(records: list[CellRecord], folder: Path, title: str) -> tuple[str, list[Path]]:
-    """Markdown + CSV + plots into `folder`; returns the Markdown table and the files written."""
+def flag_lists(records: list[CellRecord]) -> str:
+    collapsed = sorted({(r.target, r.label, r.sparsity) for r in records if r.collapsed})
+    untrained = sorted({(r.target, r.label, r.sparsity) for r in records if r.did_not_train()})
+    text = ""
+    if collapsed:
+        text += "\n## Layer collapse (a bad mask)\n\n" + "".join(f"- {t} / {label} at {s:.0%}\n" for t, label, s in collapsed)
+    if untrained:
+        text += ("\n## Did not train (no layer collapsed: the budget or optimizer, not the mask's layer allocation)\n\n"
+                 + "".join(f"- {t} / {label} at {s:.0%}\n" for t, label, s in untrained))
+    return text
+
+
+def write_report(records: list[CellRecord], folder: Path, title: str,
+                 context: Optional[ReportContext] = None) -> tuple[str, list[Path]]:
+    """Markdown + CSV + records + plots into `folder`; returns the Markdown table and the files written."""
+    context = context or ReportContext()
     summaries = summarize(records)
     table = markdown_table(summaries)
-    collapsed = sorted({(r.target, r.label, r.sparsity) for r in records if r.collapsed})
-    notes = "".join(f"- layer collapse: {t} / {label} at {s:.0%}\n" for t, label, s in collapsed)
-    markdown = f"# {title}\n{table}\n" + (f"\n## Layer collapse\n\n{notes}" if notes else "")
+    margin = margin_table(margins(summaries, records))
+    sources = "".join(f"- {label} on {target} learned from: {', '.join(pairs)}\n"
+                      for (target, label), pairs in sorted(context.sources.items()))
+    markdown = (f"# {title}\n\n## Recipes\n\n{recipe_text(context)}\n## Accuracy\n{table}"
+                + (f"\n## AutoS against the best control and IRP\n\n{margin}" if margin else "")
+                + (f"\n## What each AutoS method learned from (never its target's pair)\n\n{sources}" if sources else "")
+                + flag_lists(records))
     atomic_write(folder / "report.md", lambda tmp: Path(tmp).write_text(markdown))
     atomic_write(folder / "results.csv", lambda tmp: Path(tmp).write_text(csv_text(records)))
-    save_records(records, folder)
-    return table, [folder / "report.md", folder / "results.csv", *write_plots(records, summaries, folder)]
+    write_json(folder / RECORDS_FILE, {"records": [asdict(r) for r in records],
+                                       "context": {"recipes": {k: asdict(v) for k, v in context.recipes.items()},
+                                                   "sources": [[t, m, p] for (t, m), p in context.sources.items()]}})
+    files = [folder / "report.md", folder / "results.csv", folder / RECORDS_FILE, *write_plots(records, summaries, folder)]
+    return table + ("\n" + margin if margin else ""), files
 
 
-RECORDS_FILE = "records.json"
-
-
-def save_records(records: list[CellRecord], folder: Path) -> None:
-    from dataclasses import asdict
-
-    from .io import write_json
-
-    write_json(folder / RECORDS_FILE, [asdict(r) for r in records])
+class NoReportError(UserError):
+    """A workspace holds no report to re-render."""
 
 
 def regenerate_reports(workspace: Path) -> list[tuple[Path, str]]:
-    """Re-render every report under `<workspace>/reports/` from its saved records."""
-    import json
-
-    found = sorted((workspace / "reports").glob(f"*/{RECORDS_FILE}")) if (workspace / "reports").is_dir() else []
+    """Re-render every report under `<workspace>/report/` from its saved records."""
+    found = sorted((workspace / "report").glob(f"*/{RECORDS_FILE}")) if (workspace / "report").is_dir() else []
     if not found:
-        raise FileNotFoundError(f"no reports under {str(workspace)!r}: run `autosparse run` first")
+        raise NoReportError(f"no reports under {str(workspace)!r}: run `autosparse run` first")
     out = []
     for path in found:
-        records = [CellRecord(**r) for r in json.loads(path.read_text())]
-        table, _ = write_report(records, path.parent, f"autosparse report ({path.parent.name})")
+        saved = json.loads(path.read_text())
+        records = [CellRecord(**r) for r in saved["records"]]
+        context = ReportContext({k: TrainConfig(**v) for k, v in saved["context"]["recipes"].items()},
+                                {(t, m): p for t, m, p in saved["context"]["sources"]})
+        table, _ = write_report(records, path.parent, f"autosparse report ({path.parent.name})", context)
         out.append((path.parent, table))
     return out

@@ -8,13 +8,28 @@ import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 
-class ConfigError(ValueError):
+from .errors import UserError
+
+
+class ConfigError(UserError):
     """A configuration value or key is invalid; the message names it (and the file, when known)."""
 
 
 def from_dict(cls: type, data: Any, where: str = "") -> Any:
     """Build dataclass `cls` from plain data, checking every key and type."""
     return _convert(cls, data, where or cls.__name__)
+
+
+def check_partial(cls: type, data: Any, where: str) -> dict:
+    """Check the keys and value types of a mapping holding some of dataclass `cls`'s fields."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(fields))})")
+    return {name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items()}
 
 
 def _convert(kind: Any, value: Any, where: str) -> Any:
@@ -75,6 +90,32 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def _default_of(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return dataclasses.MISSING
+
+
+def non_default(obj: Any) -> Any:
+    """Plain data keeping only the fields that differ from their defaults (recursively), as in
+    open_lth's hparams strings: a field added later with a default leaves existing hashes unchanged."""
+    if dataclasses.is_dataclass(obj):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value, default = getattr(obj, f.name), _default_of(f)
+            if default is not dataclasses.MISSING and to_dict(value) == to_dict(default):
+                continue
+            out[f.name] = non_default(value)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [non_default(item) for item in obj]
+    if isinstance(obj, dict):
+        return {key: non_default(item) for key, item in obj.items()}
+    return obj
+
+
 def canonical_json(data: Any) -> str:
     return json.dumps(to_dict(data), sort_keys=True, separators=(",", ":"))
 
@@ -113,4 +154,4 @@ def check(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
-__all__ = ["ConfigError", "from_dict", "to_dict", "canonical_json", "content_hash", "flatten", "set_dotted", "check"]
+__all__ = ["ConfigError", "check_partial", "from_dict", "to_dict", "non_default", "canonical_json", "content_hash", "flatten", "set_dotted", "check"]

@@ -11,10 +11,11 @@ from torch import nn
 
 from .config import TrainConfig
 from .data import Dataset, Split
+from .errors import UserError
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss."""
+class NonFiniteLossError(UserError):
+    """Training produced a NaN or infinite loss (usually a learning rate too high for the network)."""
 
 
 @dataclass
@@ -43,12 +44,19 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch learning rate schedule."""
-    if config.schedule == "multistep":
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, config.milestones, gamma=config.gamma)
-    if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    """Per-epoch learning rate: a linear warm-up over `warmup_epochs`, then the schedule."""
+    warmup = config.warmup_epochs
+
+    def factor(epoch: int) -> float:
+        if epoch < warmup:
+            return (epoch + 1) / (warmup + 1)
+        if config.schedule == "multistep":
+            return config.gamma ** sum(epoch >= m for m in config.milestones)
+        if config.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / (config.epochs - warmup)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:

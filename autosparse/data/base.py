@@ -10,10 +10,14 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from ..errors import UserError
 from ..registry import Registry
 
 
-class DatasetUnavailableError(ValueError):
+DEFAULT_DATA_ROOT = "~/.cache/autosparse/data"
+
+
+class DatasetUnavailableError(UserError):
     """A dataset's files are missing (with downloads off) or its data root is unusable."""
 
 
@@ -96,7 +100,7 @@ def check_data_root(data_root: Path, *, writable: bool) -> None:
             raise DatasetUnavailableError(f"data root {str(data_root)!r} is not accessible ({need} permission denied)")
 
 
-def load_dataset(name: str, data_root: str | Path = "~/.cache/autosparse/data", download: bool = False) -> Dataset:
+def load_dataset(name: str, data_root: str | Path = DEFAULT_DATA_ROOT, download: bool = False) -> Dataset:
     """Load a registered dataset by name (cached per process); downloads only when `download` is true."""
     loader = DATASETS.get(name)
     root = Path(data_root).expanduser()

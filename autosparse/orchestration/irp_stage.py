@@ -1,57 +1,80 @@
-"""One Ray Train run per IRP chain: the training function loops over every round and checkpoints each."""
+"""IRP chains as a stage: one Ray Train run per chain (the training function loops over every round and
+checkpoints each), then a Ray task computing the per-round features and writing the survival dataset."""
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 
-from ..config import DataConfig, IRPChainConfig
+from ..config import DataConfig, IRPChainConfig, ModelOnData, PipelineConfig
+from ..criteria import CRITERIA
 from ..data import load_dataset
+from ..features import feature_versions
 from ..irp import IRPState, chain_features, check_schedule, run_irp, survival_metadata
-from ..masks import Mask
-from ..schema import from_dict, to_dict
+from ..masks import broadcast_mask
+from ..recipes import train_config
+from ..schema import ConfigError, from_dict, to_dict
 from ..survival import write_survival
 from ..training import Shard
-from .stages import StageStore, stage_hash
+from .stage import STAGES, Job, Runner, Stage, TrackedRun, execute_job, register_stage
+from .store import StageStore
+from .tracking import params_of
 
 STATE_FILE = "irp_state.pt"
 SURVIVAL_FILE = "survival.parquet"
+ARTIFACT_LIMIT = 50 * 2**20
 
 
-@dataclass
-class ChainJob:
-    """An IRP chain stage: its config, hash, and where Ray Train keeps its checkpoints."""
-
-    chain: IRPChainConfig
-    digest: str
-
-    @classmethod
-    def of(cls, chain: IRPChainConfig) -> "ChainJob":
-        return cls(chain, stage_hash("irp", chain))
-
-    @property
-    def run_name(self) -> str:
-        return f"irp-{self.digest}"
-
-    @property
-    def label(self) -> str:
-        return f"{self.chain.model}/{self.chain.dataset}/seed{self.chain.seed}"
+def chain_job(chain: IRPChainConfig, tags: Mapping[str, str]) -> Job:
+    extras = {"features": feature_versions(chain.irp.features),
+              "criterion": CRITERIA.get(chain.irp.trained_criterion).constants or {}}
+    return Job("irp", chain, (), f"{chain.model}/{chain.dataset}/seed{chain.seed}", extras, dict(tags))
 
 
-def _broadcast_mask(mask: Mask) -> Mask:
-    """All ranks adopt rank 0's mask (they agree already when training is in sync; this guarantees it)."""
-    import torch.distributed as dist
+def source_chains(config: PipelineConfig) -> list[Job]:
+    """The IRP chains of the config's sources (recipe of each pair plus `irp.train`)."""
+    return [chain_job(IRPChainConfig(s.model, s.dataset, s.seed, config.irp,
+                                     train_config(s.dataset, s.model, config.irp.train, "irp.train"),
+                                     config.data.score_batch_size),
+                      {"role": "source", "source.model": s.model, "source.dataset": s.dataset})
+            for s in config.sources]
 
-    device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
-    synced = {}
-    for name, kept in mask.items():
-        tensor = kept.to(device=device, dtype=torch.uint8)
-        dist.broadcast(tensor, src=0)
-        synced[name] = tensor.bool().cpu()
-    return Mask(synced)
+
+def chains_for(config: PipelineConfig, target: ModelOnData) -> list[Job]:
+    """Leave-target-out: the source chains a scorer or allocator applied to `target` may learn from."""
+    chains = [job for job in source_chains(config) if job.config.pair != target.pair]
+    if not chains:
+        raise ConfigError(f"matrix.targets: {target.pair} has no source of another (model, dataset) pair to learn "
+                          f"from (sources: {', '.join(s.pair for s in config.sources)}); a learned method never "
+                          "sees IRP data of its target's pair")
+    return chains
+
+
+def reference_chains(config: PipelineConfig) -> list[Job]:
+    """Each target's own IRP chain (first matrix seed), trained exactly like the target's cells."""
+    matrix = config.matrix
+    if not matrix.irp_reference:
+        return []
+    return [chain_job(IRPChainConfig(t.model, t.dataset, matrix.seeds[0], config.irp,
+                                     train_config(t.dataset, t.model, matrix.train, "matrix.train"),
+                                     config.data.score_batch_size),
+                      {"role": "reference", "target.model": t.model, "target.dataset": t.dataset})
+            for t in matrix.targets]
+
+
+def merge_jobs(jobs: list[Job]) -> list[Job]:
+    """One job per digest; a chain that is both a source and a reference carries both roles' tags."""
+    merged: dict[str, Job] = {}
+    for job in jobs:
+        if job.digest in merged:
+            previous = merged[job.digest]
+            roles = "+".join(sorted({*previous.tags["role"].split("+"), job.tags["role"]}))
+            job = Job(job.kind, job.config, job.inputs, job.label, job.extras, {**previous.tags, **job.tags, "role": roles})
+        merged[job.digest] = job
+    return list(merged.values())
 
 
 def irp_train_loop(loop_config: dict) -> None:
@@ -88,9 +111,8 @@ def irp_train_loop(loop_config: dict) -> None:
                 ray.train.report(metrics)
 
     wrap = ray.train.torch.prepare_model if world > 1 else (lambda model: model)
-    run_irp(chain, dataset, state=state, score_batch_size=data.score_batch_size, device=device,
-            shard=Shard(rank, world), wrap=wrap, agree=_broadcast_mask if world > 1 else (lambda m: m),
-            on_round=on_round)
+    run_irp(chain, dataset, state=state, device=device, shard=Shard(rank, world), wrap=wrap,
+            agree=broadcast_mask if world > 1 else (lambda m: m), on_round=on_round)
 
 
 def read_checkpoint(checkpoint) -> IRPState:
@@ -100,11 +122,15 @@ def read_checkpoint(checkpoint) -> IRPState:
     return IRPState.from_tensors(saved["state"])
 
 
-def latest_checkpoint(store: StageStore, job: ChainJob) -> Optional[tuple[str, IRPState]]:
+def run_name(job: Job) -> str:
+    return f"irp-{job.digest}"
+
+
+def latest_checkpoint(store: StageStore, job: Job) -> Optional[tuple[str, IRPState]]:
     """The newest readable round checkpoint any earlier run of this chain left behind (its path on store.fs)."""
     from ray.train import Checkpoint
 
-    for path in reversed(store.list_dirs(f"ray/{job.run_name}", "checkpoint_")):
+    for path in reversed(store.list_dirs(f"ray/{run_name(job)}", "checkpoint_")):
         try:
             return path, read_checkpoint(Checkpoint(path, store.fs))
         except (OSError, RuntimeError, KeyError, EOFError):
@@ -112,8 +138,8 @@ def latest_checkpoint(store: StageStore, job: ChainJob) -> Optional[tuple[str, I
     return None
 
 
-def fit_chain(job: ChainJob, data: DataConfig, store: StageStore, max_failures: int = 3) -> IRPState:
-    """Run (or resume) the chain as one TorchTrainer run; returns the final state.
+def fit_chain(job: Job, data: DataConfig, store: StageStore, max_failures: int = 3) -> None:
+    """Run (or resume) the chain's rounds as one TorchTrainer run, unless its checkpoints hold all rounds.
 
     Worker deaths are retried by Ray Train from the last round checkpoint (`max_failures`); a new
     driver continues from the newest checkpoint an interrupted run left in the workspace.
@@ -121,24 +147,22 @@ def fit_chain(job: ChainJob, data: DataConfig, store: StageStore, max_failures: 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    irp = job.chain.irp
+    irp = job.config.irp
     previous = latest_checkpoint(store, job)
     if previous is not None and previous[1].completed > irp.rounds:
-        return previous[1]
+        return
     trainer = TorchTrainer(
         irp_train_loop,
-        train_loop_config={"chain": to_dict(job.chain), "data": to_dict(data), "workspace": store.location,
+        train_loop_config={"chain": to_dict(job.config), "data": to_dict(data), "workspace": store.location,
                            "resume_from": previous[0] if previous else None},
         scaling_config=ScalingConfig(num_workers=irp.num_workers, use_gpu=irp.use_gpu,
                                      resources_per_worker={"CPU": irp.cpus_per_worker, **({"GPU": 1} if irp.use_gpu else {})}),
-        run_config=RunConfig(name=job.run_name, storage_path=store.path("ray"), storage_filesystem=store.fs,
+        run_config=RunConfig(name=run_name(job), storage_path=store.path("ray"), storage_filesystem=store.fs,
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
+    if trainer.fit().checkpoint is None:
         raise RuntimeError(f"IRP chain {job.label} finished without a checkpoint")
-    return read_checkpoint(result.checkpoint)
 
 
 def survival_path(store: StageStore, digest: str) -> Path:
@@ -146,13 +170,78 @@ def survival_path(store: StageStore, digest: str) -> Path:
     return store.output("irp", digest) / SURVIVAL_FILE
 
 
-def finalize_chain(job: ChainJob, state: IRPState, data: DataConfig, store: StageStore) -> Path:
-    """Compute init features and write the survival dataset as a finished stage."""
-    check_schedule(state, job.chain)
-    dataset = load_dataset(job.chain.dataset, data.data_root, data.download)
-    features = chain_features(job.chain, dataset, state, data.score_batch_size)
-    metadata = survival_metadata(job.chain, state, job.digest)
-    record = {"label": job.label, "config": to_dict(job.chain), "history": metadata["history"]}
-    with store.writing("irp", job.digest, record) as folder:
-        write_survival(folder / SURVIVAL_FILE, features, list(job.chain.irp.features), state.survival, metadata)
-    return survival_path(store, job.digest)
+def ensure_chains(jobs: list[Job], runner: Runner) -> int:
+    """Run every unfinished chain of `jobs` (the public door for anything that needs survival data);
+    returns how many ran."""
+    stage = STAGES.get("irp")
+    pending = [job for job in jobs if not runner.store.done("irp", job.digest)]
+    if pending:
+        stage.run(pending, runner)
+    return len(pending)
+
+
+@register_stage
+class IRPStage(Stage):
+    """IRP chains of the sources and of each target (its reference curve) -> survival datasets."""
+
+    kind = "irp"
+    config_type = IRPChainConfig
+    verb = "irp"
+    help = "run the config's IRP chains (survival datasets); prints a per-round table"
+    outputs = (SURVIVAL_FILE,)
+
+    def plan(self, config: PipelineConfig, planned: Mapping[str, list[Job]]) -> list[Job]:
+        return merge_jobs(source_chains(config) + reference_chains(config))
+
+    def run(self, jobs: list[Job], runner: Runner) -> None:
+        """Fit chains concurrently (one Ray Train run each), then write each survival dataset in a Ray task."""
+        runner.ensure_ray()
+        import ray
+
+        workers = max(job.config.irp.num_workers * job.config.irp.cpus_per_worker for job in jobs)
+        parallel = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
+        runner.echo(f"IRP: {len(jobs)} chain(s) to run, {parallel} at a time")
+        gpu = {"num_gpus": 1} if any(job.config.irp.use_gpu for job in jobs) else {}
+        task = ray.remote(execute_job).options(num_cpus=1, max_retries=2, **gpu)
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            futures = {pool.submit(fit_chain, job, runner.data, runner.store): job for job in jobs}
+            for future in as_completed(futures):
+                future.result()
+                job = futures[future]
+                ray.get(task.remote(job.to_data(), runner.store.location, to_dict(runner.data)))
+
+    def execute(self, job: Job, folder: Path, store: StageStore, data: DataConfig) -> dict:
+        """Per-round features of the finished chain, written as its survival dataset."""
+        found = latest_checkpoint(store, job)
+        if found is None or found[1].completed <= job.config.irp.rounds:
+            raise RuntimeError(f"IRP chain {job.label} has no finished checkpoint to write features from")
+        state = found[1]
+        check_schedule(state, job.config)
+        dataset = load_dataset(job.config.dataset, data.data_root, data.download)
+        metadata = survival_metadata(job.config, state, job.digest)
+        write_survival(folder / SURVIVAL_FILE, chain_features(job.config, dataset, state), list(job.config.irp.features),
+                       state.survival, metadata)
+        return {"history": metadata["history"]}
+
+    def summary(self, job: Job, record: dict) -> str:
+        lines = [f"IRP {job.label} ({job.digest})", f"{'round':>5} {'density':>9} {'test acc':>9} {'seconds':>8}"]
+        lines += [f"{r['round']:>5} {r['density']:>9.4f} {r['test_accuracy']:>9.4f} {r['seconds']:>8.1f}"
+                  for r in record["history"]]
+        return "\n".join(lines)
+
+    def track(self, job: Job, record: dict, store: StageStore) -> TrackedRun:
+        history = record["history"]
+        survival = survival_path(store, job.digest)
+        small = survival.stat().st_size <= ARTIFACT_LIMIT
+        return TrackedRun(
+            name=f"irp {job.label}",
+            tags={"stage": "irp", "seed": job.config.seed, **job.tags},
+            params=params_of(job.config),
+            metrics={"final_density": history[-1]["density"], "final_test_accuracy": history[-1]["test_accuracy"]},
+            curves={"test_accuracy": [r["test_accuracy"] for r in history], "density": [r["density"] for r in history],
+                    "round_seconds": [r["seconds"] for r in history]},
+            artifacts=[survival] if small else [],
+            texts={"irp_rounds.txt": self.summary(job, record),
+                   **({} if small else {"survival_location.txt": store.uri("irp", job.digest, SURVIVAL_FILE) + "\n"})},
+        )
+

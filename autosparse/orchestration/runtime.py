@@ -5,6 +5,8 @@ import logging
 import os
 from typing import Optional
 
+from ..errors import UserError
+
 LOCAL_ENV = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -23,7 +25,7 @@ def set_local_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
-class RayUnavailableError(RuntimeError):
+class RayUnavailableError(UserError):
     """The Ray cluster given by address could not be joined."""
 
 

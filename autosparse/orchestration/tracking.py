@@ -1,19 +1,23 @@
-"""MLflow tracking from the driver: one experiment per pipeline config, a parent run, a child run per stage."""
+"""MLflow tracking from the driver: one experiment per pipeline config, a parent run, a child run per job."""
 from __future__ import annotations
 
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
+from ..errors import UserError
 from ..schema import flatten
+
+if TYPE_CHECKING:
+    from .stage import TrackedRun
 
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 PARAM_LIMIT = 6000
 
 
-class TrackingUnavailableError(RuntimeError):
+class TrackingUnavailableError(UserError):
     """The MLflow tracking URI cannot be reached or used."""
 
 
@@ -27,14 +31,19 @@ def _chunks(items: list, size: int) -> Iterable[list]:
 
 
 def params_of(config: Any) -> dict[str, str]:
-    """Flattened config as MLflow params (values stringified and capped at MLflow's limit)."""
-    return {key: str(value)[:PARAM_LIMIT] for key, value in flatten(config).items()}
+    """Flattened config as MLflow params (values stringified and capped at MLflow's limit; None left out)."""
+    return {key: str(value)[:PARAM_LIMIT] for key, value in flatten(config).items() if value is not None}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class Tracker:
-    """Logs stages as child runs of one parent run per pipeline hash; idempotent across re-runs."""
+    """Logs jobs as child runs of one parent run per pipeline hash; idempotent across re-runs."""
 
-    def __init__(self, uri: str, experiment: str, pipeline_hash: str, params: dict[str, str], tags: dict[str, str]):
+    def __init__(self, uri: str, experiment: str, pipeline_hash: str, params: dict[str, str], tags: dict[str, str],
+                 artifact_root: Optional[str] = None, description: str = ""):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         from mlflow.tracking import MlflowClient
@@ -43,9 +52,12 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=uri)
         try:
             found = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+            self.experiment_id = found.experiment_id if found else self.client.create_experiment(
+                experiment, artifact_location=artifact_root)
         except Exception as error:  # every backend raises its own connection error type
             raise TrackingUnavailableError(f"cannot use MLflow at {uri!r}: {str(error).splitlines()[0][:200]}") from None
+        if description:
+            self.client.set_experiment_tag(self.experiment_id, "mlflow.note.content", description)
         existing = self._search(f"tags.`pipeline.hash` = '{pipeline_hash}' and tags.`autosparse.kind` = 'pipeline'")
         if existing:
             self.parent_id = existing[0].info.run_id
@@ -71,43 +83,45 @@ class Tracker:
         for chunk in _chunks([Param(k, v) for k, v in params.items()], MAX_PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=chunk)
 
+    def _log_metrics(self, run_id: str, metrics: dict[str, float], curves: dict[str, list[float]], at: int) -> None:
+        from mlflow.entities import Metric
+
+        entries = [Metric(k, float(v), at, 0) for k, v in metrics.items()]
+        for key, values in curves.items():
+            entries += [Metric(key, float(v), at, step) for step, v in enumerate(values)]
+        for chunk in _chunks(entries, MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=chunk)
+
     def has_stage(self, digest: str) -> bool:
         return digest in self._logged
 
-    def log_stage(self, digest: str, name: str, tags: dict[str, Any], params: dict[str, str],
-                  metrics: dict[str, float], curves: Optional[dict[str, list[float]]] = None,
-                  artifacts: Iterable[Path] = (), texts: Optional[dict[str, str]] = None) -> str:
-        """A finished child run: tags, params, final metrics, per-step curves (batched) and artifacts."""
-        from mlflow.entities import Metric
+    def log_stage(self, digest: str, tracked: "TrackedRun") -> str:
+        """A finished child run: tags, params, metrics, per-step curves (batched), artifacts, real times."""
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-        all_tags = {MLFLOW_PARENT_RUN_ID: self.parent_id, "autosparse.kind": "stage", "stage.hash": digest,
-                    **{k: str(v) for k, v in tags.items() if v is not None}}
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
-        run_id = run.info.run_id
-        self._log_params(run_id, params)
-        now = int(time.time() * 1000)
-        entries = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
-        for key, values in (curves or {}).items():
-            entries += [Metric(key, float(v), now, step) for step, v in enumerate(values)]
-        for chunk in _chunks(entries, MAX_METRICS_PER_BATCH):
-            self.client.log_batch(run_id, metrics=chunk)
-        for path in artifacts:
+        tags = {MLFLOW_PARENT_RUN_ID: self.parent_id, "autosparse.kind": "stage", "stage.hash": digest,
+                **{k: str(v) for k, v in tracked.tags.items() if v is not None}}
+        start = tracked.start_ms or now_ms()
+        run_id = self.client.create_run(self.experiment_id, run_name=tracked.name, tags=tags, start_time=start).info.run_id
+        self._log_params(run_id, tracked.params)
+        self._log_metrics(run_id, tracked.metrics, tracked.curves, tracked.end_ms or start)
+        for path in tracked.artifacts:
             self.client.log_artifact(run_id, str(path))
-        for file_name, text in (texts or {}).items():
+        for file_name, text in tracked.texts.items():
             self.client.log_text(run_id, text, file_name)
-        self.client.set_terminated(run_id)
+        self.client.set_terminated(run_id, end_time=tracked.end_ms or now_ms())
         self._logged.add(digest)
         return run_id
 
-    def log_parent_artifacts(self, paths: Iterable[Path], metrics: Optional[dict[str, float]] = None) -> None:
-        for path in paths:
-            self.client.log_artifact(self.parent_id, str(path))
-        if metrics:
-            from mlflow.entities import Metric
+    def run_id_of(self, digest: str) -> Optional[str]:
+        found = self._search(f"tags.`stage.hash` = '{digest}'")
+        return found[0].info.run_id if found else None
 
-            now = int(time.time() * 1000)
-            self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    def log_parent(self, tracked: "TrackedRun") -> None:
+        """Artifacts and metrics of the pipeline's parent run (a summary logged again replaces the last)."""
+        for path in tracked.artifacts:
+            self.client.log_artifact(self.parent_id, str(path))
+        self._log_metrics(self.parent_id, tracked.metrics, tracked.curves, now_ms())
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_id, status=status)

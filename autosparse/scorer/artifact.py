@@ -12,18 +12,20 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..criteria import ScoringContext, Scores
+from ..errors import UserError
 from ..features import FEATURES, compute_features
+from ..config import ScorerConfig
 from ..io import atomic_write, read_header
 from ..masks import prunable_parameters
 from .fit import FitResult, Normalization, predict
 from .networks import SCORER_NETWORKS
 
 FORMAT = "autosparse.scorer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 HEADER_KEY = "autosparse"
 
 
-class ScorerFormatError(ValueError):
+class ScorerFormatError(UserError):
     """The file is not a loadable AutoS scorer for this version of autosparse."""
 
 
@@ -39,10 +41,16 @@ class Scorer:
     def feature_names(self) -> list[str]:
         return [f["name"] for f in self.header["features"]]
 
+    @property
+    def default_steps(self) -> int:
+        """How many re-scoring steps `autosparse.prune` uses with this scorer unless told otherwise."""
+        return int(self.header.get("steps", 1))
+
     def __call__(self, context: ScoringContext) -> Scores:
-        """Score every prunable weight of `context.model` (a pruning method for `autosparse.prune`) on the
-        model's device; the scores come back on the CPU."""
-        features = compute_features(context.model, context.batches, self.feature_names, context.input_shape)
+        """Score every prunable weight of `context.model` as masked by `context.mask` (a pruning method for
+        `autosparse.prune`) on the model's device; the scores come back on the CPU."""
+        features = compute_features(context.model, context.batches, self.feature_names, context.input_shape,
+                                    context.mask)
         parameters = prunable_parameters(context.model)
         self.network.to(next(iter(parameters.values())).device)
         shapes = {n: p.shape for n, p in parameters.items()}
@@ -57,14 +65,14 @@ class Scorer:
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def scorer_from_fit(result: FitResult, network: str, hidden: list[int], features: list[str],
-                    extra: dict[str, Any]) -> Scorer:
+def scorer_from_fit(result: FitResult, config: ScorerConfig, extra: dict[str, Any]) -> Scorer:
     header = {
-        "network": network, "hidden": list(hidden),
-        "features": [{"name": n, "version": FEATURES.get(n).version} for n in features],
+        "network": config.network, "hidden": list(config.hidden), "target": config.target,
+        "steps": config.prune_steps,
+        "features": [{"name": n, "version": FEATURES.get(n).version} for n in config.features],
         "normalization": {"mean": result.normalization.mean.tolist(), "std": result.normalization.std.tolist()},
-        "metrics": result.best, "train_rows": result.train_rows, "validation_rows": result.validation_rows,
-        **extra,
+        "metrics": result.best, "epochs": result.epochs, "train_rows": result.train_rows,
+        "validation_rows": result.validation_rows, **extra,
     }
     return Scorer(result.network, result.normalization, header)
 

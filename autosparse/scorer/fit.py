@@ -1,7 +1,12 @@
-"""Fitting an AutoS scorer on survival datasets, validated on weights it never trains on."""
+"""Fitting an AutoS scorer on survival datasets.
+
+Two passes. First the rows are split (whole layers or whole survival datasets held out, never single
+rows), the network trains on one side, and the epoch whose validation metrics best predict pruning
+quality is chosen (early stopping with patience). Then a fresh network and its normalization are fitted
+on every row of every source for that many epochs: that is the saved scorer. Validation only chooses.
+"""
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
@@ -13,26 +18,31 @@ from ..config import ScorerConfig
 from ..schema import ConfigError
 from ..survival import SurvivalDataset
 from .losses import SCORER_LOSSES
-from .metrics import iou_at_densities, round_for_density, spearman
+from .metrics import (IOU_DENSITIES, density_key, layer_density_error, round_for_density, spearman,
+                      within_layer_iou)
 from .networks import SCORER_NETWORKS
 
 INFERENCE_CHUNK = 1 << 18
 METRIC_ROWS = 400_000
+SELECTION = "within_layer_iou"
 
 
 @dataclass
-class Rows:
-    """Feature rows of one survival dataset (or part of it) with their survival counts."""
+class Part:
+    """Rows of one survival dataset (or some of its layers) with their training targets."""
 
     features: Tensor
+    targets: Tensor
     survival: Tensor
+    round: Tensor
+    layer_index: Tensor
     rounds: int
     prune_fraction: float
     label: str
+    whole_network: bool
 
-    def targets(self, bce_density: float) -> Tensor:
-        kept = self.survival >= round_for_density(bce_density, self.prune_fraction)
-        return torch.stack([self.survival.float() / self.rounds, kept.float()], dim=1)
+    def __len__(self) -> int:
+        return len(self.targets)
 
 
 @dataclass
@@ -60,51 +70,64 @@ class FitResult:
     normalization: Normalization
     history: list[dict[str, float]] = field(default_factory=list)
     best: dict[str, float] = field(default_factory=dict)
+    epochs: int = 0
     train_rows: int = 0
     validation_rows: int = 0
 
 
-def validation_layers(sizes: list[int], fraction: float, seed: int) -> set[int]:
-    """Whole layers to hold out: seeded order, adding layers while the held-out share stays near `fraction`.
+def targets_for(config: ScorerConfig, data: SurvivalDataset) -> Tensor:
+    """The training target per row: survival / R, kept at `bce_density`, or survived the next pruning."""
+    if config.target == "next_round":
+        return (data.survival.long() > data.round).float()
+    if config.loss == "bce":
+        return (data.survival >= round_for_density(config.bce_density, float(data.metadata["prune_fraction"]))).float()
+    return data.survival.float() / data.rounds
 
-    At least one layer is held out and at least one kept for training.
+
+def training_rows(config: ScorerConfig, data: SurvivalDataset) -> SurvivalDataset:
+    """A one-shot scorer learns from the dense network (round 0); a conditional one from every round."""
+    return data if config.target == "next_round" else data.select(data.round == 0)
+
+
+def to_part(config: ScorerConfig, data: SurvivalDataset, whole_network: bool) -> Part:
+    return Part(data.feature_matrix(config.features), targets_for(config, data), data.survival, data.round,
+                data.layer_index, data.rounds, float(data.metadata["prune_fraction"]), data.label, whole_network)
+
+
+def validation_layers(sizes: list[int], fraction: float, seed: int) -> set[int]:
+    """Whole layers to hold out, in a seeded order, while their share of weights stays within `fraction`.
+
+    At least one layer is held out (the smallest, if none fits) and at least two are kept for training.
     """
-    if len(sizes) < 2:
-        raise ConfigError("validation: 'layers' needs a model with at least two prunable layers; use 'sources'")
+    if len(sizes) < 3:
+        raise ConfigError(f"validation: 'layers' needs a model with at least three prunable layers (this one has "
+                          f"{len(sizes)}); use 'sources'")
     order = torch.randperm(len(sizes), generator=torch.Generator().manual_seed(seed)).tolist()
     total, held, chosen = sum(sizes), 0, set()
     for index in order:
-        if len(chosen) == len(sizes) - 1:
+        if len(chosen) == len(sizes) - 2:
             break
-        if not chosen or held + sizes[index] <= 2 * fraction * total:
+        if held + sizes[index] <= fraction * total:
             chosen.add(index)
             held += sizes[index]
-    return chosen
+    return chosen or {min(range(len(sizes)), key=lambda i: (sizes[i], i))}
 
 
-def all_rows(data: SurvivalDataset, features: list[str]) -> Rows:
-    meta = data.metadata
-    return Rows(data.feature_matrix(features), data.survival, data.rounds, float(meta["prune_fraction"]),
-                f"{meta['model']}/{meta['dataset']}/seed{meta['seed']}")
-
-
-def split_rows(datasets: list[SurvivalDataset], config: ScorerConfig, features: list[str]) -> tuple[list[Rows], list[Rows]]:
-    """Training and validation rows that never share a weight: whole layers or whole datasets."""
+def split_parts(datasets: Sequence[SurvivalDataset], config: ScorerConfig) -> tuple[list[Part], list[Part]]:
+    """Training and validation parts that never share a weight: whole layers or whole datasets."""
     if config.validation == "sources" and len(datasets) < 2:
         raise ConfigError("validation: 'sources' needs at least two survival datasets (hold one out)")
     train, validation = [], []
     for position, data in enumerate(datasets):
-        rows = all_rows(data, features)
+        rows = training_rows(config, data)
         if config.validation == "sources":
-            (validation if position == len(datasets) - 1 else train).append(rows)
+            (validation if position == len(datasets) - 1 else train).append(to_part(config, rows, True))
             continue
-        sizes = torch.bincount(data.layer_index, minlength=len(data.layers)).tolist()
         held = torch.zeros(len(data.layers), dtype=torch.bool)
-        held[list(validation_layers(sizes, config.validation_fraction, config.seed + position))] = True
-        is_validation = held[data.layer_index]
-        for part, chosen in ((train, ~is_validation), (validation, is_validation)):
-            part.append(Rows(rows.features[chosen], rows.survival[chosen], rows.rounds, rows.prune_fraction,
-                             rows.label))
+        held[list(validation_layers(data.layer_sizes(), config.validation_fraction, config.seed + position))] = True
+        is_validation = held[rows.layer_index]
+        train.append(to_part(config, rows.select(~is_validation), False))
+        validation.append(to_part(config, rows.select(is_validation), False))
     return train, validation
 
 
@@ -121,37 +144,52 @@ def predict(network: nn.Module, normalization: Normalization, features: Tensor) 
     return output
 
 
-def evaluate_rows(network: nn.Module, normalization: Normalization, parts: list[Rows], seed: int) -> dict[str, float]:
-    """Spearman and top-k IoU per validation part, averaged over parts (Spearman on a row sample)."""
+def part_metrics(predicted: Tensor, part: Part, conditional: bool, seed: int) -> dict[str, float]:
+    """Pruning-quality metrics of one validation part (see scorer/metrics.py)."""
+    metrics: dict[str, float] = {}
+    available = sorted(set(part.round.tolist()))
+    for density in IOU_DENSITIES:
+        target_round = round_for_density(density, part.prune_fraction)
+        if target_round > part.rounds:
+            continue
+        base = max([r for r in available if r < target_round], default=None) if conditional else 0
+        if base is None:
+            continue
+        rows = part.round == base
+        kept = part.survival[rows] >= target_round
+        key = density_key(density)
+        metrics[f"within_layer_iou_{key}"] = within_layer_iou(predicted[rows], kept, part.layer_index[rows])
+        if part.whole_network:
+            metrics[f"layer_density_error_{key}"] = layer_density_error(predicted[rows], kept, part.layer_index[rows])
+    if not conditional:
+        sample = torch.randperm(len(part), generator=torch.Generator().manual_seed(seed))[:METRIC_ROWS]
+        metrics["spearman"] = spearman(predicted[sample], part.survival[sample])
+    return metrics
+
+
+def evaluate_parts(network: nn.Module, normalization: Normalization, parts: Sequence[Part], conditional: bool,
+                   seed: int) -> dict[str, float]:
+    """Metrics averaged over parts, plus the selection metric: the mean within-layer IoU."""
     collected: dict[str, list[float]] = {}
     for part in parts:
-        predicted = predict(network, normalization, part.features)
-        sample = torch.randperm(len(part.survival), generator=torch.Generator().manual_seed(seed))[:METRIC_ROWS]
-        values = {"spearman": spearman(predicted[sample], part.survival[sample]),
-                  **iou_at_densities(predicted, part.survival, part.rounds, part.prune_fraction)}
+        values = part_metrics(predict(network, normalization, part.features), part, conditional, seed)
         for key, value in values.items():
             if math.isfinite(value):
                 collected.setdefault(key, []).append(value)
-    return {key: sum(v) / len(v) for key, v in collected.items()}
+    metrics = {key: sum(v) / len(v) for key, v in collected.items()}
+    ious = [v for k, v in metrics.items() if k.startswith("within_layer_iou_")]
+    if ious:
+        metrics[SELECTION] = sum(ious) / len(ious)
+    return metrics
 
 
-def fit_scorer(
-    datasets: list[SurvivalDataset],
-    config: ScorerConfig,
-    *,
-    held_out: Sequence[SurvivalDataset] = (),
-    on_epoch: Optional[Callable[[int, dict[str, float]], None]] = None,
-    progress: bool = False,
-) -> FitResult:
-    """Train the configured scorer network; early-stop on validation Spearman, keep the best epoch.
-
-    `held_out` datasets (other models or datasets) are scored every epoch as `heldout_*` metrics;
-    they never influence training or early stopping.
-    """
-    train_parts, validation_parts = split_rows(datasets, config, config.features)
-    held_out_parts = [all_rows(data, config.features) for data in held_out]
-    features = torch.cat([p.features for p in train_parts])
-    targets = torch.cat([p.targets(config.bce_density) for p in train_parts])
+def train_network(parts: Sequence[Part], config: ScorerConfig, epochs: int,
+                  on_epoch: Optional[Callable[[int, nn.Module, Normalization, float], bool]] = None,
+                  progress: bool = False, description: str = "fit-scorer") -> tuple[nn.Module, Normalization]:
+    """Train a fresh network on the parts; `on_epoch(epoch, network, normalization, loss)` returning
+    False stops early."""
+    features = torch.cat([p.features for p in parts])
+    targets = torch.cat([p.targets for p in parts])
     normalization = Normalization.fit(features, config.normalization)
     inputs = normalization(features)
     generator = torch.Generator().manual_seed(config.seed)
@@ -160,15 +198,12 @@ def fit_scorer(
         network = SCORER_NETWORKS.get(config.network)(len(config.features), list(config.hidden))
     loss_fn = SCORER_LOSSES.get(config.loss)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    result = FitResult(network, normalization, train_rows=len(features),
-                       validation_rows=sum(len(p.survival) for p in validation_parts))
-    best_state, best_score, stale = None, -math.inf, 0
-    epochs = range(config.epochs)
+    iterator = range(epochs)
     if progress:
         from tqdm.auto import tqdm
 
-        epochs = tqdm(epochs, desc="fit-scorer", unit="epoch", leave=False)
-    for epoch in epochs:
+        iterator = tqdm(iterator, desc=description, unit="epoch", leave=False)
+    for epoch in iterator:
         network.train()
         rows = torch.randint(0, len(inputs), (config.rows_per_epoch,), generator=generator)
         total = 0.0
@@ -179,22 +214,50 @@ def fit_scorer(
             loss.backward()
             optimizer.step()
             total += loss.item()
-        metrics = {"loss": total / len(batches),
-                   **evaluate_rows(network, normalization, validation_parts, config.seed)}
+        if on_epoch is not None and on_epoch(epoch, network, normalization, total / len(batches)) is False:
+            break
+    network.eval()
+    return network, normalization
+
+
+def fit_scorer(
+    datasets: Sequence[SurvivalDataset],
+    config: ScorerConfig,
+    *,
+    held_out: Sequence[SurvivalDataset] = (),
+    on_epoch: Optional[Callable[[int, dict[str, float]], None]] = None,
+    progress: bool = False,
+) -> FitResult:
+    """Choose the number of epochs on validation rows, then fit the scorer on every row.
+
+    `held_out` datasets (other models or datasets) are scored every epoch as `heldout_*` metrics;
+    they never influence training or the choice of epochs.
+    """
+    conditional = config.target == "next_round"
+    train_parts, validation_parts = split_parts(datasets, config)
+    held_out_parts = [to_part(config, training_rows(config, data), True) for data in held_out]
+    history: list[dict[str, float]] = []
+    best = {"score": -math.inf, "epoch": 0, "stale": 0}
+
+    def after_epoch(epoch: int, network: nn.Module, normalization: Normalization, loss: float) -> bool:
+        metrics = {"loss": loss, **evaluate_parts(network, normalization, validation_parts, conditional, config.seed)}
         if held_out_parts:
-            heldout = evaluate_rows(network, normalization, held_out_parts, config.seed)
+            heldout = evaluate_parts(network, normalization, held_out_parts, conditional, config.seed)
             metrics.update({f"heldout_{k}": v for k, v in heldout.items()})
-        result.history.append(metrics)
+        history.append(metrics)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
-        if metrics.get("spearman", -math.inf) > best_score:
-            best_score, best_state, stale = metrics["spearman"], copy.deepcopy(network.state_dict()), 0
-            result.best = {"epoch": float(epoch), **metrics}
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    if best_state is not None:
-        network.load_state_dict(best_state)
-    network.eval()
-    return result
+        score = metrics.get(SELECTION, -metrics["loss"])
+        if score > best["score"]:
+            best.update(score=score, epoch=epoch, stale=0)
+            return True
+        best["stale"] += 1
+        return best["stale"] < config.patience
+
+    train_network(train_parts, config, config.epochs, after_epoch, progress, "fit-scorer (choose epochs)")
+    epochs = best["epoch"] + 1
+    all_parts = [to_part(config, training_rows(config, data), True) for data in datasets]
+    network, normalization = train_network(all_parts, config, epochs, progress=progress,
+                                           description="fit-scorer (all rows)")
+    return FitResult(network, normalization, history, {"epoch": float(best["epoch"]), **history[best["epoch"]]},
+                     epochs, sum(len(p) for p in all_parts), sum(len(p) for p in validation_parts))

@@ -1,4 +1,4 @@
-"""Scorer training losses. Targets are (rows, 2): survival / R, and 1 if kept at the BCE density."""
+"""Scorer training losses on one target per row (survival / R, or a 0/1 label for `bce`)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -15,15 +15,15 @@ SCORER_LOSSES: Registry[ScorerLoss] = Registry("scorer loss")
 
 @SCORER_LOSSES.register("mse")
 def mse(output: Tensor, targets: Tensor, generator: torch.Generator) -> Tensor:
-    """Regression on survival / R (the paper's loss)."""
-    return F.mse_loss(output, targets[:, 0])
+    """Regression on the target (survival / R: the paper's loss)."""
+    return F.mse_loss(output, targets)
 
 
 @SCORER_LOSSES.register("pairwise")
 def pairwise(output: Tensor, targets: Tensor, generator: torch.Generator) -> Tensor:
     """Logistic ranking loss on random pairs in the batch with different survival (RankNet)."""
     partner = torch.randperm(len(output), generator=generator)
-    sign = torch.sign(targets[:, 0] - targets[partner, 0])
+    sign = torch.sign(targets - targets[partner])
     valid = sign != 0
     if not bool(valid.any()):
         return output.sum() * 0.0
@@ -32,5 +32,5 @@ def pairwise(output: Tensor, targets: Tensor, generator: torch.Generator) -> Ten
 
 @SCORER_LOSSES.register("bce")
 def bce(output: Tensor, targets: Tensor, generator: torch.Generator) -> Tensor:
-    """Classification of 'kept at the target density' (survival >= the matching IRP round)."""
-    return F.binary_cross_entropy_with_logits(output, targets[:, 1])
+    """Classification of a 0/1 label: kept at `bce_density`, or survived the next pruning."""
+    return F.binary_cross_entropy_with_logits(output, targets)

@@ -14,20 +14,18 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import pyarrow.fs as pafs
 
-from ..schema import ConfigError, content_hash, to_dict
+from ..errors import UserError
 
-STAGE_KINDS = ("irp", "scorer", "cell")
 MARKER = "stage.json"
 CACHE_ENV = "AUTOSPARSE_CACHE"
 
 
-def stage_hash(kind: str, config: Any, inputs: list[str] = ()) -> str:
-    """Hash of the stage kind, its canonical config and the hashes of its inputs."""
-    return content_hash({"kind": kind, "config": to_dict(config), "inputs": sorted(inputs)})
+class WorkspaceError(UserError):
+    """The workspace cannot be used: unreachable, an unknown URI scheme, or a path that is not a folder."""
 
 
 def is_uri(location: str | os.PathLike) -> bool:
@@ -43,14 +41,14 @@ def open_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(uri)
     except OSError as error:
-        raise ConfigError(f"workspace {uri!r} is not reachable: {_first_line(error)}") from None
+        raise WorkspaceError(f"workspace {uri!r} is not reachable: {_first_line(error)}") from None
     except ValueError as arrow_error:  # a scheme pyarrow does not know
         import fsspec
 
         try:
             fs, path = fsspec.core.url_to_fs(uri)
         except (ValueError, ImportError, OSError) as error:
-            raise ConfigError(f"workspace {uri!r}: no filesystem for this URI ({_first_line(error)}; "
+            raise WorkspaceError(f"workspace {uri!r}: no filesystem for this URI ({_first_line(error)}; "
                               f"pyarrow: {_first_line(arrow_error)})") from None
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
@@ -87,9 +85,11 @@ class StageStore:
             try:
                 self.fs.get_file_info(self.root)
             except OSError as error:
-                raise ConfigError(f"workspace {self.location!r} is not reachable: {_first_line(error)}") from None
+                raise WorkspaceError(f"workspace {self.location!r} is not reachable: {_first_line(error)}") from None
         else:
             self.local = Path(workspace).expanduser().resolve()
+            if self.local.exists() and not self.local.is_dir():
+                raise WorkspaceError(f"workspace {str(workspace)!r} is a file, not a folder")
             self.location, self.fs, self.root, self.remote = str(self.local), pafs.LocalFileSystem(), str(self.local), False
 
     def path(self, *parts: str) -> str:
@@ -126,13 +126,18 @@ class StageStore:
         return sorted(name for name in names if not name.startswith("."))
 
     @contextmanager
-    def writing(self, kind: str, digest: str, record: dict) -> Iterator[Path]:
-        """Yield a temporary directory; on success write the marker and publish it as the finished stage."""
+    def writing(self, kind: str, digest: str) -> Iterator[tuple[Path, dict]]:
+        """Yield a temporary directory and a record to fill; on success write the record as the marker
+        and publish the directory as the finished stage."""
         final = self.local / kind / digest
         tmp = final.parent / f".tmp-{digest}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
         try:
-            yield tmp
+            tmp.mkdir(parents=True)
+        except (FileExistsError, NotADirectoryError) as error:
+            raise WorkspaceError(f"cannot write stage outputs under {str(final.parent)!r}: {error.strerror}") from None
+        record: dict = {}
+        try:
+            yield tmp, record
             marker = json.dumps({"kind": kind, "hash": digest, **record}, indent=2, sort_keys=True)
             if self.remote:
                 self._upload(tmp, self.path(kind, digest), last={MARKER: marker})

@@ -1,0 +1,189 @@
+"""The learned layer allocation: a small network from layer context and global density to how much of
+the layer IRP keeps, fitted on every (layer, pruning round) of some IRP chains.
+
+It predicts the log ratio of a layer's density to the global density; at pruning time the predictions
+for the target's layers are turned into exact per-layer counts (one common factor, capped at dense,
+at least one weight per layer). Saved as safetensors with a JSON header, like the scorer.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .allocation import Counts, counts_from_densities, keep_count
+from .config import AllocatorConfig
+from .errors import UserError
+from .io import atomic_write, read_header
+from .scorer.networks import MLPScorer
+from .survival import SurvivalDataset
+
+FORMAT = "autosparse.allocator"
+FORMAT_VERSION = 1
+HEADER_KEY = "autosparse"
+CONTEXT = ["depth", "is_first", "is_last", "log_fan_in", "log_fan_out", "log_kernel_size", "log_layer_share",
+           "layer_kind", "log_density"]
+EVALUATION_DENSITIES = (0.05, 0.02, 0.01)
+
+
+class AllocatorFormatError(UserError):
+    """The file is not a loadable allocator for this version of autosparse."""
+
+
+def layer_context(shapes: Mapping[str, Sequence[int]], density: float) -> Tensor:
+    """(layers, len(CONTEXT)) float32: where each layer sits, its shape, and the global density."""
+    names = list(shapes)
+    total = sum(math.prod(s) for s in shapes.values())
+    last = max(len(names) - 1, 1)
+    rows = []
+    for index, name in enumerate(names):
+        shape = list(shapes[name])
+        kernel = math.prod(shape[2:])
+        rows.append([index / last, float(index == 0), float(index == len(names) - 1),
+                     math.log(math.prod(shape[1:])), math.log(shape[0] * kernel), math.log(kernel),
+                     math.log(math.prod(shape) / total), float(len(shape) > 2), math.log(density)])
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def layer_densities_by_round(data: SurvivalDataset) -> list[tuple[float, dict[str, float]]]:
+    """(global density, per-layer density) after each pruning round r = 1..R of one chain."""
+    dense = data.select(data.round == 0)
+    sizes = torch.bincount(dense.layer_index, minlength=len(data.layers)).double()
+    out = []
+    for r in range(1, data.rounds + 1):
+        kept = torch.bincount(dense.layer_index, weights=(dense.survival >= r).double(), minlength=len(data.layers))
+        out.append((float(kept.sum() / sizes.sum()), {n: float(kept[i] / sizes[i]) for i, n in enumerate(data.layers)}))
+    return out
+
+
+def examples(data: SurvivalDataset) -> tuple[Tensor, Tensor]:
+    """Inputs (layer context at each round's global density) and targets (log layer / global density)."""
+    shapes = {n: data.metadata["layer_shapes"][n] for n in data.layers}
+    sizes = [math.prod(s) for s in shapes.values()]
+    inputs, targets = [], []
+    for density, layers in layer_densities_by_round(data):
+        inputs.append(layer_context(shapes, density))
+        targets.append(torch.tensor([math.log(max(layers[n], 1 / size) / density)
+                                     for n, size in zip(shapes, sizes)], dtype=torch.float32))
+    return torch.cat(inputs), torch.cat(targets)
+
+
+@dataclass
+class Allocator:
+    """Predicts each layer's density; call it as an allocation: (shapes, density) -> exact counts."""
+
+    network: nn.Module
+    mean: Tensor
+    std: Tensor
+    header: dict[str, Any] = field(default_factory=dict)
+
+    @torch.no_grad()
+    def log_ratios(self, shapes: Mapping[str, Sequence[int]], density: float) -> Tensor:
+        self.network.eval()
+        return self.network((layer_context(shapes, density) - self.mean) / self.std)
+
+    def densities(self, shapes: Mapping[str, Sequence[int]], density: float) -> dict[str, float]:
+        """Per-layer densities with exactly the global density (before rounding to whole weights)."""
+        sizes = {n: math.prod(s) for n, s in shapes.items()}
+        counts = self(shapes, density)
+        return {n: counts[n] / sizes[n] for n in sizes}
+
+    def __call__(self, shapes: Mapping[str, Sequence[int]], density: float) -> Counts:
+        sizes = {n: math.prod(s) for n, s in shapes.items()}
+        ratios = self.log_ratios(shapes, density).exp().tolist()
+        return counts_from_densities(sizes, dict(zip(sizes, ratios)), keep_count(sum(sizes.values()), density))
+
+    def save(self, path: str | os.PathLike) -> None:
+        tensors = {f"network.{k}": v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
+        tensors.update({"normalization.mean": self.mean.contiguous(), "normalization.std": self.std.contiguous()})
+        metadata = {HEADER_KEY: json.dumps({**self.header, "format": FORMAT, "format_version": FORMAT_VERSION})}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def _train(datasets: Sequence[SurvivalDataset], config: AllocatorConfig) -> Allocator:
+    pairs = [examples(d) for d in datasets]
+    inputs, targets = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+    mean, std = inputs.mean(0), inputs.std(0).clamp_min(1e-6)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        network = MLPScorer(len(CONTEXT), list(config.hidden), batch_norm=False)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    normalized = (inputs - mean) / std
+    for _ in range(config.epochs):
+        loss = torch.nn.functional.mse_loss(network(normalized), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    network.eval()
+    return Allocator(network, mean, std, {"train_loss": loss.item()})
+
+
+def density_error(allocator: Allocator, data: SurvivalDataset) -> dict[str, float]:
+    """Mean |log(predicted / IRP layer density)| at the rounds closest to 5%, 2% and 1% density."""
+    shapes = {n: data.metadata["layer_shapes"][n] for n in data.layers}
+    rounds = layer_densities_by_round(data)
+    metrics = {}
+    for target in EVALUATION_DENSITIES:
+        density, irp = min(rounds, key=lambda item: abs(math.log(item[0] / target)))
+        if abs(math.log(density / target)) > 0.5:
+            continue
+        predicted = allocator.densities(shapes, density)
+        sizes = {n: math.prod(s) for n, s in shapes.items()}
+        errors = [abs(math.log(max(predicted[n], 1 / sizes[n]) / max(irp[n], 1 / sizes[n]))) for n in shapes]
+        metrics[f"layer_density_error_{target * 100:.0f}pct"] = sum(errors) / len(errors)
+    return metrics
+
+
+def fit_allocator(datasets: Sequence[SurvivalDataset], config: AllocatorConfig) -> tuple[Allocator, dict[str, float]]:
+    """Fit on every chain; with several chains, first score leave-one-chain-out fits on the chain left out.
+
+    Returns the allocator fitted on all chains and its validation metrics (`heldout_*`, averaged over
+    the chains left out; absent with a single chain) and training-chain metrics (`train_*`).
+    """
+    metrics: dict[str, list[float]] = {}
+    if len(datasets) > 1:
+        for index, held in enumerate(datasets):
+            partial = _train([d for i, d in enumerate(datasets) if i != index], config)
+            for key, value in density_error(partial, held).items():
+                metrics.setdefault(f"heldout_{key}", []).append(value)
+    allocator = _train(datasets, config)
+    for data in datasets:
+        for key, value in density_error(allocator, data).items():
+            metrics.setdefault(f"train_{key}", []).append(value)
+    summary = {key: sum(v) / len(v) for key, v in metrics.items()}
+    allocator.header.update({"hidden": list(config.hidden), "context": CONTEXT, "metrics": summary,
+                             "sources": [d.label for d in datasets]})
+    return allocator, summary
+
+
+def load_allocator(path: str | os.PathLike) -> Allocator:
+    """Load and validate an allocator file; clear errors for foreign, truncated or incompatible files."""
+    path = Path(path)
+    if not path.is_file():
+        raise AllocatorFormatError(f"allocator file {str(path)!r} does not exist")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get(HEADER_KEY)
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise AllocatorFormatError(f"{str(path)!r} is not a readable allocator file (truncated or foreign: "
+                                   f"{str(error).splitlines()[0]})") from None
+    header = read_header(raw, path, AllocatorFormatError, FORMAT, FORMAT_VERSION, "safetensors file", "allocator")
+    if header.get("context") != CONTEXT:
+        raise AllocatorFormatError(f"{str(path)!r} uses layer context {header.get('context')}, "
+                                   f"this autosparse computes {CONTEXT}")
+    network = MLPScorer(len(CONTEXT), header["hidden"], batch_norm=False)
+    network.load_state_dict({k[len("network."):]: v for k, v in tensors.items() if k.startswith("network.")})
+    network.eval()
+    return Allocator(network, tensors["normalization.mean"], tensors["normalization.std"],
+                     {k: v for k, v in header.items() if k not in ("format", "format_version")})

@@ -1,0 +1,62 @@
+"""The learned layer allocation as a stage: one Ray task per set of IRP sources (leave-target-out, as
+for scorers), for the targets whose methods use `@alloc:learned`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from ..allocation import LEARNED
+from ..allocator import fit_allocator
+from ..config import AllocatorConfig, DataConfig, ModelOnData, PipelineConfig
+from ..pruning import MethodSpec
+from ..survival import read_survival
+from .irp_stage import chains_for, survival_path
+from .scorer_stage import learned_from
+from .stage import Job, Stage, TrackedRun, register_stage
+from .store import StageStore
+from .tracking import params_of
+
+ALLOCATOR_FILE = "allocator.safetensors"
+
+
+def allocator_for(config: PipelineConfig, target: ModelOnData) -> Job:
+    """The allocator job a target's `@alloc:learned` cells use."""
+    chains = chains_for(config, target)
+    return Job("allocator", config.allocator, tuple(c.digest for c in chains),
+               f"allocator@{'+'.join(c.config.pair for c in chains)}", {}, learned_from(chains))
+
+
+def uses_learned_allocation(config: PipelineConfig) -> bool:
+    return any(MethodSpec.parse(m).allocation == LEARNED for m in config.matrix.methods)
+
+
+@register_stage
+class AllocatorStage(Stage):
+    """Learned layer allocations (layer context and global density -> layer density)."""
+
+    kind = "allocator"
+    config_type = AllocatorConfig
+    needs = ("irp",)
+    verb = "fit-allocator"
+    help = "fit the learned layer allocation for the targets that use `@alloc:learned`"
+    outputs = (ALLOCATOR_FILE,)
+
+    def plan(self, config: PipelineConfig, planned: Mapping[str, list[Job]]) -> list[Job]:
+        if not uses_learned_allocation(config):
+            return []
+        jobs = {job.digest: job for job in (allocator_for(config, t) for t in config.matrix.targets)}
+        return list(jobs.values())
+
+    def execute(self, job: Job, folder: Path, store: StageStore, data: DataConfig) -> dict:
+        datasets = [read_survival(survival_path(store, digest)) for digest in job.inputs]
+        allocator, metrics = fit_allocator(datasets, job.config)
+        allocator.save(folder / ALLOCATOR_FILE)
+        return {"metrics": metrics, "sources": [d.label for d in datasets]}
+
+    def summary(self, job: Job, record: dict) -> str:
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(record["metrics"].items()))
+        return f"allocator {job.label}: {metrics or 'no IRP round near 5/2/1% density to score'}"
+
+    def track(self, job: Job, record: dict, store: StageStore) -> TrackedRun:
+        return TrackedRun(name=job.label, tags={"stage": "allocator", **job.tags}, params=params_of(job.config),
+                          metrics=record["metrics"], artifacts=[store.output("allocator", job.digest) / ALLOCATOR_FILE])

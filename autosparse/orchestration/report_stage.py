@@ -1,0 +1,86 @@
+"""The report as a stage: tables and plots from every finished cell and IRP reference, on the driver."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from ..config import DataConfig, PipelineConfig
+from ..experiment import CellSpec
+from ..report import CellRecord, ReportContext, irp_reference_records, summary_metrics, write_report
+from ..schema import from_dict, to_dict
+from .irp_stage import reference_chains
+from .stage import Job, Runner, Stage, TrackedRun, execute_job, register_stage
+from .store import StageStore
+
+
+@dataclass
+class ReportSpec:
+    """A pipeline's report: its name (the inputs are every cell and IRP reference)."""
+
+    name: str
+
+
+def cell_records(store: StageStore, digests: list[str]) -> list[CellRecord]:
+    records = []
+    for digest in digests:
+        record = store.record("cell", digest)
+        spec, result = from_dict(CellSpec, record["config"]), record["result"]
+        records.append(CellRecord.of(spec, result))
+    return records
+
+
+def report_context(store: StageStore, cells: list[str]) -> ReportContext:
+    """Each target's recipe and each AutoS method's training sources, for the report's notes."""
+    recipes, sources = {}, {}
+    for digest in cells:
+        spec = from_dict(CellSpec, store.record("cell", digest)["config"])
+        recipes[spec.target.pair] = spec.train
+        if spec.scorer:
+            scorer = store.record("scorer", spec.scorer)
+            pairs = sorted({f"{s['model']}/{s['dataset']}" for s in scorer["sources"]})
+            sources[(spec.target.pair, spec.method)] = pairs
+    return ReportContext(recipes, sources)
+
+
+@register_stage
+class ReportStage(Stage):
+    """Accuracy tables (mean ± std over seeds), convergence and anchor flags, and plots."""
+
+    kind = "report"
+    config_type = ReportSpec
+    needs = ("cell",)
+    verb = "matrix"
+    help = "run the generalization matrix (and everything it needs) and print its table"
+    outputs = ("report.md", "results.csv", "records.json")
+
+    def plan(self, config: PipelineConfig, planned: Mapping[str, list[Job]]) -> list[Job]:
+        cells = [job.digest for job in planned["cell"]]
+        references = [job.digest for job in reference_chains(config)]
+        return [Job("report", ReportSpec(config.name), tuple(cells + references), f"report {config.name}")] if cells else []
+
+    def execute(self, job: Job, folder: Path, store: StageStore, data: DataConfig) -> dict:
+        cells = [d for d in job.inputs if store.done("cell", d)]
+        records = cell_records(store, cells)
+        for digest in job.inputs:
+            if store.done("irp", digest):
+                chain = store.record("irp", digest)
+                config = chain["config"]
+                records += irp_reference_records(f"{config['model']}/{config['dataset']}", chain["history"],
+                                                 sorted({r.sparsity for r in records if r.sparsity > 0}),
+                                                 config["seed"])
+        table, files = write_report(records, folder, f"autosparse report: {job.config.name} ({job.digest})",
+                                    report_context(store, cells))
+        return {"table": table, "files": [f.name for f in files], "summary": summary_metrics(records)}
+
+    def run(self, jobs: list[Job], runner: Runner) -> None:
+        for job in jobs:
+            execute_job(job.to_data(), runner.store.location, to_dict(runner.data))
+
+    def summary(self, job: Job, record: dict) -> str:
+        return record["table"]
+
+    def parent_logging(self, job: Job, record: dict, store: StageStore) -> TrackedRun:
+        folder = store.output("report", job.digest)
+        return TrackedRun(name="report", tags={}, params={}, metrics=record["summary"],
+                          artifacts=[folder / name for name in record["files"]])

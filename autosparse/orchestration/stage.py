@@ -1,0 +1,175 @@
+"""The Stage protocol and its registry.
+
+A stage kind plans its jobs from the pipeline config, executes one job (writing its files and a record),
+runs its pending jobs (by default as Ray tasks), and describes a finished job to MLflow. `STAGES` holds
+them in dependency order and drives the pipeline, `--force` and the CLI verbs: adding a stage is one
+module with one `@register_stage` class (imported in `orchestration/__init__.py`).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Optional
+
+from ..config import DataConfig, PipelineConfig
+from ..registry import Registry
+from ..schema import content_hash, from_dict, non_default, to_dict
+from .store import StageStore
+
+if TYPE_CHECKING:
+    from .tracking import Tracker
+
+
+def stage_hash(kind: str, config: Any, inputs: tuple[str, ...] = (), extras: Optional[Mapping] = None) -> str:
+    """Hash of the stage kind, its config's non-default fields, its inputs' hashes and `extras` (values
+    outside the config that change the output: feature versions, criterion constants)."""
+    material = {"kind": kind, "config": non_default(config), "inputs": sorted(inputs)}
+    if extras:
+        material["extras"] = to_dict(dict(extras))
+    return content_hash(material)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of a stage: its typed config, the jobs it reads, and a label for people."""
+
+    kind: str
+    config: Any
+    inputs: tuple[str, ...] = ()
+    label: str = ""
+    extras: Mapping[str, Any] = field(default_factory=dict)
+    tags: Mapping[str, Any] = field(default_factory=dict, compare=False)  # for MLflow only, never hashed
+
+    @cached_property
+    def digest(self) -> str:
+        return stage_hash(self.kind, self.config, self.inputs, self.extras)
+
+    def to_data(self) -> dict:
+        """Plain data for a Ray task (see `Stage.job_from`)."""
+        return {"kind": self.kind, "config": to_dict(self.config), "inputs": list(self.inputs),
+                "label": self.label, "extras": to_dict(dict(self.extras)), "tags": dict(self.tags)}
+
+
+@dataclass
+class TrackedRun:
+    """What MLflow shows for a finished job (one child run of the pipeline's parent run)."""
+
+    name: str
+    tags: dict[str, Any]
+    params: dict[str, str]
+    metrics: dict[str, float] = field(default_factory=dict)
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    artifacts: list[Path] = field(default_factory=list)
+    texts: dict[str, str] = field(default_factory=dict)
+    start_ms: Optional[int] = None
+    end_ms: Optional[int] = None
+
+
+@dataclass
+class Runner:
+    """What a stage needs to run its pending jobs: the store, data settings, Ray and output."""
+
+    store: StageStore
+    data: DataConfig
+    config: PipelineConfig
+    ensure_ray: Callable[[], None]
+    echo: Callable[[str], None] = print
+    progress: bool = True
+    tracker: Optional["Tracker"] = None
+
+
+class Stage:
+    """Base class of a stage kind. Subclasses set the class attributes and implement `plan` and
+    `execute`; `run` (Ray tasks), `track` and `summary` have defaults."""
+
+    kind: ClassVar[str]
+    config_type: ClassVar[type]
+    needs: ClassVar[tuple[str, ...]] = ()
+    verb: ClassVar[Optional[str]] = None
+    help: ClassVar[str] = ""
+    outputs: ClassVar[tuple[str, ...]] = ()
+    task_cpus: ClassVar[float] = 1.0
+
+    def plan(self, config: PipelineConfig, planned: Mapping[str, list[Job]]) -> list[Job]:
+        raise NotImplementedError
+
+    def execute(self, job: Job, folder: Path, store: StageStore, data: DataConfig) -> dict:
+        """Do the work of one job: write `outputs` into `folder`, return the record (JSON-able)."""
+        raise NotImplementedError
+
+    def run(self, jobs: list[Job], runner: Runner) -> None:
+        """Run pending jobs; by default one Ray task each, `task_cpus` CPUs, retried on worker death."""
+        runner.ensure_ray()
+        import ray
+
+        runner.echo(f"{self.kind}: {len(jobs)} job(s) to run")
+        task = ray.remote(execute_job).options(num_cpus=self.task_cpus, max_retries=2)
+        ray.get([task.remote(job.to_data(), runner.store.location, to_dict(runner.data), int(self.task_cpus))
+                 for job in jobs])
+
+    def track(self, job: Job, record: dict, store: StageStore) -> Optional[TrackedRun]:
+        """The job's MLflow child run (None: no child run)."""
+        return None
+
+    def parent_logging(self, job: Job, record: dict, store: StageStore) -> Optional[TrackedRun]:
+        """Metrics and artifacts the job adds to the pipeline's parent run (None: nothing)."""
+        return None
+
+    def summary(self, job: Job, record: dict) -> str:
+        """A line (or table) printed for a finished job; empty for none."""
+        return ""
+
+    def job_from(self, data: dict) -> Job:
+        return Job(data["kind"], from_dict(self.config_type, data["config"]), tuple(data["inputs"]), data["label"],
+                   data.get("extras") or {}, data.get("tags") or {})
+
+
+STAGES: Registry[Stage] = Registry("stage")
+
+
+def register_stage(cls: type[Stage]) -> type[Stage]:
+    STAGES.register(cls.kind)(cls())
+    return cls
+
+
+def ordered_stages() -> list[Stage]:
+    """Every registered stage, each after the stages it needs."""
+    done: dict[str, Stage] = {}
+
+    def visit(stage: Stage, path: tuple[str, ...]) -> None:
+        if stage.kind in done:
+            return
+        if stage.kind in path:
+            raise RuntimeError(f"stages depend on each other in a cycle: {' -> '.join(path + (stage.kind,))}")
+        for need in stage.needs:
+            visit(STAGES.get(need), path + (stage.kind,))
+        done[stage.kind] = stage
+
+    for name in STAGES.registered():
+        visit(STAGES.get(name), ())
+    return list(done.values())
+
+
+def execute_job(job_data: dict, workspace: str, data_config: dict, threads: int = 1) -> dict:
+    """Ray task body (and in-process runner): execute one job unless it is finished; returns its record."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    stage = STAGES.get(job_data["kind"])
+    job = stage.job_from(job_data)
+    store = StageStore(workspace)
+    if store.done(job.kind, job.digest):
+        return store.record(job.kind, job.digest)
+    with store.writing(job.kind, job.digest) as (folder, record):
+        record.update({"label": job.label, "config": to_dict(job.config), "inputs": list(job.inputs),
+                       **stage.execute(job, folder, store, from_dict(DataConfig, data_config))})
+    return store.record(job.kind, job.digest)
+
+
+def progress_bar(total: int, description: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="job", disable=not enabled,
+                mininterval=0.2 if sys.stderr.isatty() else 30.0)

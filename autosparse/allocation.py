@@ -77,32 +77,35 @@ def global_counts(scores: Mapping[str, Tensor], keep: int) -> Counts:
 def counts_from_densities(sizes: Mapping[str, int], densities: Mapping[str, float], keep: int,
                           minimum: int = 1) -> Counts:
     """Integer counts proportional to `densities` (up to one common factor), capped at each layer's size,
-    at least `minimum` per layer where the budget allows, and summing to exactly `keep`."""
+    at least `minimum` per layer where the budget allows, and summing to exactly `keep`.
+
+    Water-filling: the common factor s solves sum_l clamp(s * d_l * n_l, floor_l, n_l) = keep (bisection),
+    then the fractional parts are rounded by largest remainder.
+    """
     total = sum(sizes.values())
     if not 0 < keep <= total:
         raise DensityError(f"cannot keep {keep} of {total} weights")
-    floor = {n: min(minimum, sizes[n]) for n in sizes} if sum(min(minimum, s) for s in sizes.values()) <= keep \
-        else {n: 0 for n in sizes}
-    weight = {n: max(float(densities[n]), 0.0) * sizes[n] for n in sizes}
-    fixed: dict[str, float] = {}
-    while True:
-        free = [n for n in sizes if n not in fixed]
-        budget = keep - sum(fixed.values())
-        mass = sum(weight[n] for n in free)
-        exact = {n: budget * weight[n] / mass if mass > 0 else budget * sizes[n] / sum(sizes[m] for m in free)
-                 for n in free}
-        over = {n for n in free if exact[n] > sizes[n]}
-        under = {n for n in free if exact[n] < floor[n]}
-        if not over and not under:
-            break
-        fixed.update({n: float(sizes[n]) for n in over})
-        fixed.update({n: float(floor[n]) for n in under - over})
-    exact.update(fixed)
-    counts = {n: min(sizes[n], math.floor(exact[n] + 1e-9)) for n in sizes}
-    by_remainder = sorted((n for n in sizes if counts[n] < sizes[n]), key=lambda n: -(exact[n] - counts[n]))
-    missing = keep - sum(counts.values())
-    for name in (by_remainder * (missing // max(len(by_remainder), 1) + 1))[:missing]:
-        counts[name] += 1
+    floors = {n: min(minimum, sizes[n]) for n in sizes}
+    if sum(floors.values()) > keep:
+        floors = {n: 0 for n in sizes}
+    weight = {n: max(float(densities[n]), 1e-12) * sizes[n] for n in sizes}
+
+    def filled(scale: float) -> dict[str, float]:
+        return {n: min(float(sizes[n]), max(float(floors[n]), scale * weight[n])) for n in sizes}
+
+    low, high = 0.0, 1.0
+    while sum(filled(high).values()) < keep:
+        high *= 2.0
+    for _ in range(200):
+        middle = (low + high) / 2
+        low, high = (middle, high) if sum(filled(middle).values()) < keep else (low, middle)
+    exact = filled(high)
+    counts = {n: min(sizes[n], max(floors[n], math.floor(exact[n] + 1e-9))) for n in sizes}
+    while sum(counts.values()) != keep:
+        grow = sum(counts.values()) < keep
+        candidates = [n for n in sizes if (counts[n] < sizes[n] if grow else counts[n] > floors[n])]
+        name = max(candidates, key=lambda n: (exact[n] - counts[n]) if grow else (counts[n] - exact[n]))
+        counts[name] += 1 if grow else -1
     return counts
 
 

@@ -7,8 +7,9 @@ caller, so a criterion never needs to know the mask; iterating a criterion re-sc
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -103,15 +104,32 @@ def forward(model: nn.Module, inputs: Tensor) -> Tensor:
         raise ScoringError(f"data of shape {tuple(inputs.shape)} does not fit the model: {reason}") from None
 
 
-def loss_gradients(model: nn.Module, batches: Sequence[Batch], temperature: float = 1.0) -> Scores:
-    """Mean cross-entropy gradient over the batches w.r.t. each prunable weight (model in train mode)."""
+@contextmanager
+def training_mode_without_side_effects(model: nn.Module) -> Iterator[nn.Module]:
+    """Run `model` in train mode (batch statistics, as SNIP and GraSP do), then restore its modes and
+    buffers (BatchNorm running statistics), so scoring leaves no trace on it."""
+    modes = {module: module.training for module in model.modules()}
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
     model.train()
+    try:
+        yield model
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                buffer.copy_(buffers[name])
+
+
+def loss_gradients(model: nn.Module, batches: Sequence[Batch], temperature: float = 1.0) -> Scores:
+    """Mean cross-entropy gradient over the batches w.r.t. each prunable weight (in train mode)."""
     params = prunable_parameters(model)
     total = {n: torch.zeros_like(p) for n, p in params.items()}
-    for inputs, targets in batches:
-        loss = F.cross_entropy(forward(model, inputs) / temperature, targets)
-        for name, grad in zip(params, torch.autograd.grad(loss, list(params.values()))):
-            total[name] += grad / len(batches)
+    with training_mode_without_side_effects(model):
+        for inputs, targets in batches:
+            loss = F.cross_entropy(forward(model, inputs) / temperature, targets)
+            for name, grad in zip(params, torch.autograd.grad(loss, list(params.values()))):
+                total[name] += grad / len(batches)
     return total
 
 
@@ -120,12 +138,13 @@ def hessian_gradient_product(model: nn.Module, batches: Sequence[Batch], tempera
     params = prunable_parameters(model)
     gradient = loss_gradients(model, batches, temperature)
     product = {n: torch.zeros_like(p) for n, p in params.items()}
-    for inputs, targets in batches:
-        loss = F.cross_entropy(forward(model, inputs) / temperature, targets)
-        grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
-        inner = sum((g * gradient[n]).sum() for n, g in zip(params, grads))
-        for name, hg in zip(params, torch.autograd.grad(inner, list(params.values()))):
-            product[name] += hg / len(batches)
+    with training_mode_without_side_effects(model):
+        for inputs, targets in batches:
+            loss = F.cross_entropy(forward(model, inputs) / temperature, targets)
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+            inner = sum((g * gradient[n]).sum() for n, g in zip(params, grads))
+            for name, hg in zip(params, torch.autograd.grad(inner, list(params.values()))):
+                product[name] += hg / len(batches)
     return product
 
 

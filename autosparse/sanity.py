@@ -1,9 +1,8 @@
-"""Sanity checks for pruning methods (Frankle et al. 2021): shuffle, invert, reinit."""
+"""Sanity checks for pruning methods (Frankle et al. 2021): shuffle and reinit (invert is `prune(invert=True)`)."""
 from __future__ import annotations
 
 import torch
 
-from .criteria import Scores
 from .masks import Mask
 
 
@@ -14,11 +13,6 @@ def shuffle_mask(mask: Mask, seed: int) -> Mask:
         name: kept.flatten().cpu()[torch.randperm(kept.numel(), generator=generator)].view(kept.shape)
         for name, kept in mask.items()
     })
-
-
-def invert_scores(scores: Scores) -> Scores:
-    """Reverse the ranking, so selection keeps the lowest-scored weights instead of the highest."""
-    return {name: -s for name, s in scores.items()}
 
 
 def reinit_seed(seed: int) -> int:

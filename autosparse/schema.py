@@ -42,6 +42,11 @@ def _convert(kind: Any, value: Any, where: str) -> Any:
         unknown = sorted(set(value) - fields)
         if unknown:
             raise ConfigError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(fields))})")
+        required = [f.name for f in dataclasses.fields(kind) if f.init and f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]
+        missing = [name for name in required if name not in value]
+        if missing:
+            raise ConfigError(f"{where}: missing key {missing[0]!r} (required: {', '.join(required)})")
         values = {name: _convert(hints[name], item, f"{where}.{name}") for name, item in value.items()}
         try:
             return kind(**values)

@@ -10,7 +10,9 @@ import pytest
 from autosparse.config import (
     MatrixConfig, ModelOnData, PipelineConfig, TrainConfig, dump_config, load_config, packaged_configs,
 )
-from autosparse.schema import ConfigError, canonical_json, content_hash, flatten, from_dict, set_dotted, to_dict
+from autosparse import UserError
+from autosparse.schema import (ConfigError, canonical_json, content_hash, flatten, from_dict, non_default, set_dotted,
+                               to_dict)
 
 
 def write(tmp_path, text: str, name: str = "job.yaml"):
@@ -30,8 +32,8 @@ def test_load_smoke():
     config = load_config("smoke")
     assert isinstance(config, PipelineConfig) and config.name == "smoke"
     assert config.irp.rounds == 3 and config.irp.prune_fraction == 0.5
-    assert config.irp.train.epochs == 1
-    assert [s.name for s in config.scorers] == ["compact", "paper"]
+    assert config.irp.train == {"epochs": 1, "batch_size": 128}
+    assert [s.name for s in config.scorers] == ["conditional", "paper"]
     assert config.scorers[1].features == ["w0", "g0"] and config.scorers[1].loss == "mse"
     assert config.matrix.targets == [ModelOnData("mlp", "digits"), ModelOnData("conv1d", "mnist1d")]
     assert config.matrix.variants == ["shuffle", "invert", "reinit"]
@@ -42,19 +44,23 @@ def test_load_quickstart_is_the_default():
     config = load_config("quickstart")
     assert config == load_config()
     assert config.name == "quickstart"
-    assert config.irp.rounds == 12 and config.irp.prune_fraction == 0.3
-    assert config.matrix.methods == ["random", "snip", "synflow"]
+    assert [s.pair for s in config.sources] == ["conv/digits", "conv1d/mnist1d"]
     assert config.matrix.sparsities == [0.9, 0.98] and config.matrix.seeds == [0, 1]
-    assert config.matrix.train == TrainConfig(epochs=10, batch_size=64, lr=0.05, schedule="cosine")
+    assert config.matrix.train == {}  # the targets train with their recipes
+    assert "autos:conditional/iter20@alloc:learned" in config.matrix.methods
+    assert {"synflow", "snip/iter20@alloc:learned", "autos:paper"} <= set(config.matrix.methods)
     assert config.data.score_batch_size == 256 and config.data.download is False  # untouched default
 
 
-def test_load_cifar10_resnet18_with_yaml_anchors():
+def test_load_cifar10_resnet18_uses_the_paper_recipe():
+    from autosparse.recipes import train_config
+
     config = load_config("cifar10_resnet18")
     assert config.sources[0].model == "resnet18" and config.sources[0].dataset == "cifar10"
     paper = TrainConfig(epochs=160, batch_size=128, optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=0.0005,
                         schedule="multistep", milestones=[60, 120], gamma=0.2)
-    assert config.irp.train == paper and config.matrix.train == paper  # the &paper_training anchor
+    assert config.irp.train == config.matrix.train == {}
+    assert train_config("cifar10", "resnet18") == paper == train_config("tiny_imagenet", "resnet18")
     assert config.irp.use_gpu is True
     assert config.matrix.gpus_per_cell == 1.0 and isinstance(config.matrix.gpus_per_cell, float)  # int -> float
     assert config.data.data_root == "/data"
@@ -104,8 +110,13 @@ def test_unknown_top_level_and_nested_keys(tmp_path):
     ("matrix:\n  sparsities: [0.5, 1.5]\n", r"matrix\.sparsities: sparsity 1\.5 is outside \(0, 1\)"),
     ("matrix:\n  sparsities: [0]\n", r"matrix\.sparsities: sparsity 0\.0 is outside"),
     ("matrix:\n  sparsities: []\n", r"matrix\.sparsities: must not be empty"),
-    ("matrix:\n  scope: rows\n", r"matrix\.scope: 'rows' is not one of 'global', 'layerwise'"),
-    ("matrix:\n  train: {lr: 0}\n", r"matrix\.train\.lr: must be positive"),
+    ("irp:\n  allocation: rows\n", r"irp\.allocation: 'rows' is not one of 'global', 'uniform'"),
+    ("matrix:\n  seeds: [1, 1]\n", r"matrix\.seeds: must be distinct"),
+    ("matrix:\n  methods: []\n", r"matrix\.methods: must not be empty"),
+    ("matrix:\n  targets: [{model: mlp}]\n", r"matrix\.targets\[0\]: missing key 'dataset'"),
+    ("matrix:\n  train: {epochs: 2.5}\n", r"matrix\.train\.epochs: expected int, got float"),
+    ("scorers:\n  - {target: next_round, loss: mse}\n", r"target 'next_round' is a yes/no label"),
+    ("irp:\n  rounds: 0\n", r"irp\.rounds: must be positive"),
     ("irp:\n  prune_fraction: 1\n", r"irp\.prune_fraction: must be in \(0, 1\)"),
     ("data: [1]\n", r"config\.data: expected a mapping, got list"),
     ("sources: []\n", r"sources: must not be empty"),
@@ -137,10 +148,27 @@ def test_top_level_must_be_a_mapping(tmp_path):
         load_config(str(write(tmp_path, "- a\n- b\n")))
 
 
-def test_config_error_is_a_value_error():
-    assert issubclass(ConfigError, ValueError)
-    with pytest.raises(ValueError, match=r"sparsities: sparsity 2 is outside"):
+def test_config_error_is_a_user_error():
+    assert issubclass(ConfigError, UserError)
+    with pytest.raises(UserError, match=r"sparsities: sparsity 2 is outside"):
         MatrixConfig(sparsities=[2])
+
+
+def test_a_config_that_is_not_utf8_text_is_named(tmp_path):
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"name: \xff\xfe\x00binary")
+    with pytest.raises(ConfigError, match=re.escape(str(path)) + ": not UTF-8 text"):
+        load_config(str(path))
+
+
+def test_train_overrides_are_checked_once_merged_with_the_recipe():
+    from autosparse.recipes import train_config
+
+    assert train_config("digits", "mlp", {"epochs": 3}).epochs == 3
+    with pytest.raises(ConfigError, match=r"matrix\.train \(mlp/digits\)\.lr: must be positive"):
+        train_config("digits", "mlp", {"lr": 0}, "matrix.train")
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        train_config("digits", "mlp", {"warmup_epochs": 60}, "matrix.train")
 
 
 # ---------------------------------------------------------------- overrides
@@ -150,11 +178,11 @@ def test_overrides_apply():
     config = load_config("smoke", ["matrix.seeds=[3]"])
     assert config.matrix.seeds == [3]
     config = load_config("smoke", ["matrix.seeds=[1, 2]", "matrix.train.lr=0.1", "data.download=true",
-                                   "irp.scope=layerwise", "name=other"])
+                                   "irp.allocation=uniform", "name=other"])
     assert config.matrix.seeds == [1, 2]
-    assert config.matrix.train.lr == 0.1 and config.matrix.train.epochs == 1  # sibling keys kept
+    assert config.matrix.train == {"lr": 0.1, "epochs": 1, "batch_size": 128}  # sibling keys kept
     assert config.data.download is True
-    assert config.irp.scope == "layerwise"
+    assert config.irp.allocation == "uniform"
     assert config.name == "other"
     assert load_config("smoke").matrix.seeds == [0]  # the packaged file was not changed
 
@@ -228,4 +256,13 @@ def test_content_hash_hand_value_and_key_order():
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": "x"}) == {"a.b": 1, "a.c.d": [1, 2], "e": "x"}
     flat = flatten(load_config("smoke"))
-    assert flat["matrix.train.lr"] == 0.05 and flat["irp.rounds"] == 3 and flat["name"] == "smoke"
+    assert flat["matrix.train.epochs"] == 1 and flat["irp.rounds"] == 3 and flat["name"] == "smoke"
+
+
+def test_non_default_keeps_only_changed_fields():
+    assert non_default(PipelineConfig()) == {}
+    config = load_config("smoke")
+    kept = non_default(config)
+    assert kept["irp"] == {"rounds": 3, "prune_fraction": 0.5, "train": {"epochs": 1, "batch_size": 128}}
+    assert "data" not in kept  # untouched
+    assert non_default(TrainConfig(lr=0.1)) == {"lr": 0.1}

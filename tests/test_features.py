@@ -7,10 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from autosparse.config import ALL_FEATURES, TRANSFERABLE_FEATURES
+from autosparse import UserError
+from autosparse.config import CONDITIONAL_FEATURES, TRANSFERABLE_FEATURES
 from autosparse.criteria import GRASP_TEMPERATURE
-from autosparse.features import EPSILON, FEATURES, compute_features, feature_versions
+from autosparse.features import EPSILON, FEATURES, all_feature_names, compute_features, feature_versions
+from autosparse.masks import Mask, masked_copy
 from autosparse.registry import UnknownNameError
+
+ALL_FEATURES = all_feature_names()
 
 
 def mlp_net() -> nn.Sequential:
@@ -63,9 +67,9 @@ def standardized(values: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- registry
 
 
-def test_registry_holds_exactly_the_configured_features():
-    assert set(FEATURES.names()) == set(ALL_FEATURES)
-    assert set(TRANSFERABLE_FEATURES) <= set(ALL_FEATURES)
+def test_feature_groups_come_from_the_registry():
+    assert ALL_FEATURES == FEATURES.names()
+    assert set(TRANSFERABLE_FEATURES) <= set(ALL_FEATURES) and set(CONDITIONAL_FEATURES) <= set(ALL_FEATURES)
     assert feature_versions(["w0", "synflow_gz"]) == {"w0": 1, "synflow_gz": 1}
 
 
@@ -241,20 +245,20 @@ def test_compute_features_leaves_the_model_untouched():
     assert torch.equal(model[0].weight.detach(), before["0.weight"])
 
 
-def test_unknown_feature_raises_key_error_naming_it():
-    with pytest.raises(KeyError, match="no_such_feature") as error:
+def test_unknown_feature_raises_a_user_error_naming_it():
+    with pytest.raises(UserError, match="no_such_feature") as error:
         compute_features(mlp_net(), [mlp_batch()], ["w0", "no_such_feature"])
     assert isinstance(error.value, UnknownNameError)
 
 
 @pytest.mark.parametrize("name", ["g0", "snip", "grasp", "g0_z", "log_snip_z", "log_snip_gz"])
-def test_data_feature_without_batches_raises_value_error(name):
-    with pytest.raises(ValueError, match="needs data"):
+def test_data_feature_without_batches_raises_a_user_error(name):
+    with pytest.raises(UserError, match="needs data"):
         compute_features(mlp_net(), None, [name])
 
 
-def test_synflow_without_data_or_input_shape_raises_value_error():
-    with pytest.raises(ValueError, match="input shape"):
+def test_synflow_without_data_or_input_shape_raises_a_user_error():
+    with pytest.raises(UserError, match="input shape"):
         compute_features(mlp_net(), None, ["synflow_z"])
 
 
@@ -262,3 +266,72 @@ def test_data_free_features_need_no_batches():
     model = mlp_net()
     features = compute_features(model, None, ["w0", "depth", "log_abs_w0_gz"])
     assert torch.equal(features["2.weight"][:, 0], model[2].weight.detach().flatten())
+
+
+# ---------------------------------------------------------------- features of a masked network
+
+MASK = Mask({"0.weight": torch.tensor([[1, 0, 1, 1], [0, 0, 0, 0], [1, 1, 0, 1]], dtype=torch.bool),
+             "2.weight": torch.tensor([[1, 0, 1], [0, 1, 1]], dtype=torch.bool)})
+
+
+def test_gradient_features_are_those_of_the_masked_network():
+    model = mlp_net()
+    x, y = mlp_batch()
+    features = compute_features(masked_copy(model, MASK), [(x, y)], ["w0", "g0", "snip"], mask=MASK)
+    w1 = model[0].weight.detach().double() * MASK["0.weight"]
+    w2 = model[2].weight.detach().double() * MASK["2.weight"]
+    grad_w1, grad_w2 = hand_gradient(w1, w2, x.double(), y)
+    for layer, weight, grad, shape in (("0.weight", w1, grad_w1, (3, 4)), ("2.weight", w2, grad_w2, (2, 3))):
+        assert torch.equal(features[layer][:, 0].view(shape).double(), weight)  # pruned weights read as zero
+        torch.testing.assert_close(features[layer][:, 1].view(shape).double(), grad, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(features[layer][:, 2].view(shape).double(), (weight * grad).abs(),
+                                   rtol=1e-5, atol=1e-8)
+
+
+def test_standardization_runs_over_the_kept_weights_only():
+    model = mlp_net()
+    features = compute_features(masked_copy(model, MASK), [mlp_batch()], ["w0_z", "log_abs_w0_z", "log_abs_w0_gz"],
+                                 mask=MASK)
+    for layer in ("0.weight", "2.weight"):
+        kept = MASK[layer].flatten()
+        weights = model.state_dict()[layer].flatten().double()
+        torch.testing.assert_close(features[layer][kept, 0].double(), standardized(weights[kept]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(features[layer][kept, 1].double(), standardized((weights[kept].abs() + EPSILON).log()),
+                                   rtol=1e-5, atol=1e-5)
+    kept_logs = torch.cat([(model.state_dict()[n].flatten().double().abs() + EPSILON).log()[MASK[n].flatten()]
+                           for n in ("0.weight", "2.weight")])
+    overall = torch.cat([features[n][MASK[n].flatten(), 2] for n in ("0.weight", "2.weight")]).double()
+    torch.testing.assert_close(overall, standardized(kept_logs), rtol=1e-5, atol=1e-5)
+
+
+def test_connectivity_features_hand_values():
+    names = ["out_unit_kept", "in_unit_kept", "log_layer_density", "log_density"]
+    features = compute_features(masked_copy(mlp_net(), MASK), None, names, mask=MASK)
+    first = features["0.weight"]
+    # rows of layer 0 keep 3/4, 0/4, 3/4 of their inputs; its columns keep 2/3, 1/3, 1/3, 2/3
+    assert first[:, 0].view(3, 4)[:, 0].tolist() == [0.75, 0.0, 0.75]
+    assert first[:, 1].view(3, 4)[0].tolist() == pytest.approx([2 / 3, 1 / 3, 1 / 3, 2 / 3])
+    assert float(first[0, 2]) == pytest.approx(math.log(6 / 12))
+    assert float(features["2.weight"][0, 2]) == pytest.approx(math.log(4 / 6))
+    assert float(first[0, 3]) == pytest.approx(math.log(10 / 18)) == float(features["2.weight"][5, 3])
+
+
+def test_conv_connectivity_counts_kernel_positions_per_unit():
+    model = conv_net()
+    kept = torch.ones(3, 2, 3, 3, dtype=torch.bool)
+    kept[0, 1] = False  # output channel 0 loses its whole second input channel
+    mask = Mask({"0.weight": kept, "3.weight": torch.ones(5, 12, dtype=torch.bool)})
+    features = compute_features(masked_copy(model, mask), None, ["out_unit_kept", "in_unit_kept"], mask=mask)
+    out_kept, in_kept = features["0.weight"][:, 0].view(3, 2, 3, 3), features["0.weight"][:, 1].view(3, 2, 3, 3)
+    assert out_kept[:, 0, 0, 0].tolist() == [0.5, 1.0, 1.0]
+    assert in_kept[0, :, 0, 0].tolist() == pytest.approx([1.0, 2 / 3])
+
+
+def test_dense_mask_gives_the_unmasked_features():
+    model = mlp_net()
+    dense = Mask.dense(model)
+    names = list(CONDITIONAL_FEATURES)
+    plain = compute_features(mlp_net(), [mlp_batch()], names)
+    masked = compute_features(masked_copy(model, dense), [mlp_batch()], names, mask=dense)
+    for layer in plain:
+        torch.testing.assert_close(plain[layer], masked[layer])

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from autosparse import UserError
 from autosparse.config import IRPChainConfig, IRPConfig, TrainConfig
 from autosparse.irp import (IRPState, RoundRecord, chain_features, check_schedule, clone_state, density_after,
                             kept_after, run_irp, survival_metadata)
@@ -18,16 +19,16 @@ from autosparse.models import build_model
 from autosparse.training import make_optimizer, train
 
 ROUNDS, FRACTION = 3, 0.5
-IRP = IRPConfig(rounds=ROUNDS, prune_fraction=FRACTION, features=["w0", "abs_w0", "depth"],
-                train=TrainConfig(epochs=1))
-CONFIG = IRPChainConfig("mlp", "digits", 0, IRP)
+IRP = IRPConfig(rounds=ROUNDS, prune_fraction=FRACTION, features=["w0", "abs_w0", "depth", "log_layer_density"])
+TRAIN = TrainConfig(epochs=1)
+CONFIG = IRPChainConfig("mlp", "digits", 0, IRP, TRAIN, score_batch_size=32)
 LAYERS = ["1.weight", "3.weight", "5.weight"]  # Flatten, Linear(64,300), ReLU, Linear(300,100), ReLU, Linear(100,10)
 TOTAL = 64 * 300 + 300 * 100 + 100 * 10  # 50,200 prunable weights
 STEPS_PER_EPOCH = 11  # digits: 1,347 training images in batches of 128
 
 
 def chain_config(**irp_changes) -> IRPChainConfig:
-    return IRPChainConfig("mlp", "digits", 0, replace(IRP, **irp_changes))
+    return IRPChainConfig("mlp", "digits", 0, replace(IRP, **irp_changes), TRAIN, score_batch_size=32)
 
 
 
@@ -173,7 +174,7 @@ def test_rewind_step_captures_the_weights_after_that_many_steps(digits):
     # Replay round 0 exactly as run_irp does and stop after `rewind_step` optimizer steps.
     model = build_model("mlp", digits.input_shape, digits.num_classes, 0)
     apply_mask(model, Mask.dense(model))
-    optimizer = make_optimizer(model, config.irp.train)
+    optimizer = make_optimizer(model, config.train)
     captured = {}
 
     class Stop(Exception):
@@ -185,7 +186,7 @@ def test_rewind_step_captures_the_weights_after_that_many_steps(digits):
             raise Stop
 
     with pytest.raises(Stop):
-        train(model, digits, config.irp.train, seed=0, optimizer=optimizer, on_step=on_step)
+        train(model, digits, config.train, seed=0, optimizer=optimizer, on_step=on_step)
     assert_state_equal(state.rewind, captured)
 
     # Round 1 starts from the rewound (not the initial) weights under the round-0 mask.
@@ -202,7 +203,7 @@ def test_rewind_step_on_the_last_step_of_the_first_round_is_allowed(digits):
 
 
 def test_rewind_step_beyond_the_first_round_raises(digits):
-    with pytest.raises(ValueError, match=f"rewind_step {STEPS_PER_EPOCH + 1}"):
+    with pytest.raises(UserError, match=f"rewind_step {STEPS_PER_EPOCH + 1}"):
         run_irp(chain_config(rounds=1, rewind_step=STEPS_PER_EPOCH + 1), digits)
 
 
@@ -252,7 +253,7 @@ def test_identical_runs_give_identical_survival(chain, digits):
 
 
 def test_different_seeds_give_different_survival(chain, digits):
-    other = run_irp(IRPChainConfig("mlp", "digits", 1, replace(IRP, rounds=1)), digits)
+    other = run_irp(IRPChainConfig("mlp", "digits", 1, replace(IRP, rounds=1), TRAIN), digits)
     assert not torch.equal(other.survival["3.weight"] >= 1, chain.state.survival["3.weight"] >= 1)
 
 
@@ -271,7 +272,7 @@ def test_state_round_trips_through_weights_only_torch_load(chain, tmp_path):
     assert all(isinstance(r, RoundRecord) and isinstance(r.round, int) for r in loaded.history)
 
 
-# ---------------------------------------------------------------- other criteria and scopes
+# ---------------------------------------------------------------- other criteria and allocations
 
 
 def test_snip_trained_criterion_hits_the_schedule_and_differs_from_magnitude(chain, digits):
@@ -284,8 +285,8 @@ def test_snip_trained_criterion_hits_the_schedule_and_differs_from_magnitude(cha
     assert not all(torch.equal(state.mask[n], chain.state.mask[n]) for n in LAYERS)
 
 
-def test_layerwise_scope_prunes_every_layer_to_the_same_density(digits):
-    config = chain_config(scope="layerwise")
+def test_uniform_allocation_prunes_every_layer_to_the_same_density(digits):
+    config = chain_config(allocation="uniform")
     state = run_irp(config, digits)
     check_schedule(state, config)
     sizes = {"1.weight": 19200, "3.weight": 30000, "5.weight": 1000}
@@ -297,15 +298,24 @@ def test_layerwise_scope_prunes_every_layer_to_the_same_density(digits):
 # ---------------------------------------------------------------- features and metadata of a chain
 
 
-def test_chain_features_are_computed_at_the_initial_weights(chain, digits):
-    features = chain_features(CONFIG, digits, chain.state, 32)
-    assert list(features) == LAYERS
-    for index, name in enumerate(LAYERS):
-        matrix = features[name]
-        assert matrix.shape == (chain.state.initial[name].numel(), 3)
-        assert torch.equal(matrix[:, 0], chain.state.initial[name].flatten())
-        assert torch.equal(matrix[:, 1], chain.state.initial[name].flatten().abs())
-        assert bool((matrix[:, 2] == index / 2).all())
+def test_chain_features_describe_each_rounds_masked_network(chain, digits):
+    blocks = chain_features(CONFIG, digits, chain.state)
+    assert [block.round for block in blocks] == [0, 1, 2]  # rounds 0..R-1: each has a next pruning to label
+    for block in blocks:
+        for index, name in enumerate(LAYERS):
+            kept = chain.state.survival[name].flatten() >= block.round
+            assert torch.equal(block.positions[name], torch.nonzero(kept).flatten())
+            matrix = block.features[name]
+            assert matrix.shape == (int(kept.sum()), 4)
+            assert torch.equal(matrix[:, 0], chain.state.initial[name].flatten()[kept])  # w0 of the kept weights
+            assert torch.equal(matrix[:, 1], chain.state.initial[name].flatten()[kept].abs())
+            assert bool((matrix[:, 2] == index / 2).all())
+            density = float(kept.float().mean())
+            assert float(matrix[0, 3]) == pytest.approx(math.log(density), abs=1e-6)
+
+
+def test_feature_round_stride_thins_the_rounds(chain, digits):
+    assert [b.round for b in chain_features(chain_config(feature_round_stride=2), digits, chain.state)] == [0, 2]
 
 
 def test_survival_metadata_describes_the_chain(chain):
@@ -313,8 +323,8 @@ def test_survival_metadata_describes_the_chain(chain):
     json.dumps(meta)  # plain data
     assert (meta["model"], meta["dataset"], meta["seed"]) == ("mlp", "digits", 0)
     assert (meta["rounds"], meta["prune_fraction"], meta["rewind_step"]) == (ROUNDS, FRACTION, 0)
-    assert meta["feature_names"] == ["w0", "abs_w0", "depth"]
-    assert meta["feature_versions"] == {"w0": 1, "abs_w0": 1, "depth": 1}
+    assert meta["feature_names"] == ["w0", "abs_w0", "depth", "log_layer_density"]
+    assert meta["feature_versions"] == {"w0": 1, "abs_w0": 1, "depth": 1, "log_layer_density": 1}
     assert meta["config_hash"] == "cafe"
     assert [h["round"] for h in meta["history"]] == [0, 1, 2, 3]
 

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autosparse import Mask, apply_mask, prunable_parameters, select_top_k
+import autosparse
+from autosparse import Mask, apply_mask, prunable_parameters
+from autosparse.masks import MaskError
 
 
 
@@ -46,116 +48,12 @@ def test_prunable_parameters_of_a_bare_layer_and_of_a_module_without_any():
     assert prunable_parameters(nn.Sequential(nn.BatchNorm1d(3), nn.ReLU())) == {}
 
 
-# ---------------------------------------------------------------- select_top_k
-
-
-SIZES = {"a": (7,), "b": (13,), "c": (1,), "d": (29,)}  # total 50
-
-
-def random_scores(seed: int = 0) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return {n: torch.randn(s, generator=generator) for n, s in SIZES.items()}
-
-
-@pytest.mark.parametrize("scope", ["global", "layerwise"])
-def test_select_top_k_keeps_exactly_round_density_times_total(scope):
-    scores = random_scores()
-    for density in [0.02, 0.05, 0.1, 0.13, 0.25, 0.333, 0.5, 0.51, 0.77, 0.9, 0.97, 0.99]:
-        mask = select_top_k(scores, density, scope)
-        assert mask.num_total() == 50
-        assert mask.num_kept() == round(density * 50), density
-        assert {n: tuple(t.shape) for n, t in mask.items()} == SIZES
-
-
-def test_select_top_k_hand_counts():
-    scores = {"x": torch.arange(1000.0)}
-    assert select_top_k(scores, 0.333).num_kept() == 333
-    assert select_top_k(scores, 0.05).num_kept() == 50
-    # global keeps the highest scores
-    assert torch.equal(select_top_k(scores, 0.05)["x"], torch.arange(1000) >= 950)
-
-
-def test_select_top_k_global_versus_layerwise():
-    scores = {"high": torch.tensor([10.0, 11.0, 12.0, 13.0]), "low": torch.tensor([4.0, 1.0, 3.0, 2.0])}
-    global_mask = select_top_k(scores, 0.5, "global")
-    assert global_mask["high"].tolist() == [True, True, True, True]
-    assert global_mask["low"].tolist() == [False, False, False, False]
-    assert global_mask.collapsed_layers() == ["low"]
-    layerwise = select_top_k(scores, 0.5, "layerwise")
-    assert layerwise["high"].tolist() == [False, False, True, True]
-    assert layerwise["low"].tolist() == [True, False, True, False]
-    assert layerwise.collapsed_layers() == []
-
-
-def test_select_top_k_layerwise_gives_every_layer_the_same_density_within_one_weight():
-    scores = random_scores(3)
-    for density in [0.05, 0.1, 0.3, 0.5, 0.7, 0.95]:
-        mask = select_top_k(scores, density, "layerwise")
-        keep = round(density * 50)
-        assert mask.num_kept() == keep
-        for name, kept in mask.items():
-            assert abs(int(kept.sum()) - keep * kept.numel() / 50) < 1, (density, name)
-            # within the layer, the kept weights are that layer's highest scores
-            if kept.any() and not kept.all():
-                assert scores[name][kept].min() > scores[name][~kept].max()
-
-
-def test_select_top_k_layerwise_remainder_goes_to_largest_fraction():
-    # sizes 3 and 7, density 0.5 -> keep 5; exact shares 1.5 and 3.5: tie on the fraction, first layer wins
-    scores = {"a": torch.ones(3), "b": torch.ones(7)}
-    mask = select_top_k(scores, 0.5, "layerwise")
-    assert (int(mask["a"].sum()), int(mask["b"].sum())) == (2, 3)
-    # sizes 2 and 8, density 0.35 -> keep round(3.5) = 4 (banker's rounding); shares 0.8 and 3.2
-    mask = select_top_k({"a": torch.ones(2), "b": torch.ones(8)}, 0.35, "layerwise")
-    assert (int(mask["a"].sum()), int(mask["b"].sum())) == (1, 3)
-    # the same sizes in the other order: the remainder goes to the later layer with the larger fraction
-    mask = select_top_k({"a": torch.ones(8), "b": torch.ones(2)}, 0.35, "layerwise")
-    assert (int(mask["a"].sum()), int(mask["b"].sum())) == (3, 1)
-
-
-def test_select_top_k_ties_keep_first_positions():
-    scores = {"a": torch.ones(2, 2), "b": torch.ones(4)}
-    mask = select_top_k(scores, 0.25, "global")  # keep 2 of 8
-    assert mask["a"].flatten().tolist() == [True, True, False, False]
-    assert not mask["b"].any()
-    mask = select_top_k(scores, 0.25, "layerwise")
-    assert mask["a"].flatten().tolist() == [True, False, False, False]
-    assert mask["b"].tolist() == [True, False, False, False]
-    # ties among equal non-maximal scores also break by position
-    mask = select_top_k({"x": torch.tensor([1.0, 5.0, 1.0, 1.0, 1.0])}, 0.6)
-    assert mask["x"].tolist() == [True, True, True, False, False]
-
-
-def test_select_top_k_nan_ranks_lowest():
-    scores = {"x": torch.tensor([float("nan"), 1.0, 2.0, float("nan"), -5.0])}
-    assert select_top_k(scores, 0.6)["x"].tolist() == [False, True, True, False, True]
-    assert select_top_k(scores, 0.4)["x"].tolist() == [False, True, True, False, False]
-    scores = {"x": torch.tensor([float("nan"), -1e30, float("nan")])}
-    assert select_top_k(scores, 0.34)["x"].tolist() == [False, True, False]
-
-
-def test_select_top_k_does_not_modify_scores_and_keeps_shapes():
-    scores = {"w": torch.tensor([[3.0, float("nan")], [1.0, 2.0]])}
-    before = scores["w"].clone()
-    mask = select_top_k(scores, 0.5)
-    assert torch.equal(torch.isnan(scores["w"]), torch.isnan(before))
-    assert mask["w"].tolist() == [[True, False], [False, True]]
-
-
-@pytest.mark.parametrize("density", [0, 1, 1.0, -0.1, 1.5, float("nan")])
-def test_select_top_k_rejects_bad_density(density):
-    with pytest.raises(ValueError, match="density"):
-        select_top_k({"x": torch.ones(10)}, density)
-
-
-def test_select_top_k_rejects_unknown_scope_and_empty_selection():
-    with pytest.raises(ValueError, match="'rowwise'"):
-        select_top_k({"x": torch.ones(10)}, 0.5, "rowwise")
-    with pytest.raises(ValueError, match="keeps no weight"):
-        select_top_k({"x": torch.ones(10)}, 0.01)
-
-
 # ---------------------------------------------------------------- Mask
+
+
+def random_mask(seed: int) -> Mask:
+    generator = torch.Generator().manual_seed(seed)
+    return Mask({n: torch.rand(s, generator=generator) < 0.3 for n, s in {"a": (7,), "b": (13, 2), "c": (1,)}.items()})
 
 
 def test_mask_bookkeeping():
@@ -173,9 +71,9 @@ def test_mask_bookkeeping():
 
 
 def test_mask_rejects_non_bool_tensors():
-    with pytest.raises(ValueError, match="'w'"):
+    with pytest.raises(MaskError, match="'w'"):
         Mask({"w": torch.ones(3)})
-    with pytest.raises(ValueError, match="'w'"):
+    with pytest.raises(MaskError, match="'w'"):
         Mask({"w": [True, False]})
 
 
@@ -190,24 +88,24 @@ def test_dense_mask_covers_all_prunable_weights():
 def test_validate_names_the_parameter_with_the_wrong_shape():
     model = two_layer_net()
     mask = Mask({"0.weight": torch.ones(2, 3, dtype=torch.bool), "1.weight": torch.ones(2, 3, dtype=torch.bool)})
-    with pytest.raises(ValueError, match=r"'1\.weight'.*\(2, 3\).*\(2, 2\)"):
+    with pytest.raises(MaskError, match=r"'1\.weight'.*\(2, 3\).*\(2, 2\)"):
         mask.validate(model)
 
 
 def test_validate_names_missing_and_unknown_parameters():
     model = two_layer_net()
     missing = Mask({"0.weight": torch.ones(2, 3, dtype=torch.bool)})
-    with pytest.raises(ValueError, match=r"missing.*1\.weight"):
+    with pytest.raises(MaskError, match=r"missing.*1\.weight"):
         missing.validate(model)
     extra = Mask({**Mask.dense(model), "2.weight": torch.ones(2, 2, dtype=torch.bool)})
-    with pytest.raises(ValueError, match=r"unknown.*2\.weight"):
+    with pytest.raises(MaskError, match=r"unknown.*2\.weight"):
         extra.validate(model)
-    with pytest.raises(ValueError, match=r"missing.*1\.weight"):
+    with pytest.raises(MaskError, match=r"missing.*1\.weight"):
         apply_mask(model, missing)
 
 
 def test_save_load_round_trip(tmp_path):
-    mask = select_top_k(random_scores(1), 0.3)
+    mask = random_mask(1)
     path = tmp_path / "sub" / "mask.pt"
     mask.save(path)
     loaded = Mask.load(path)
@@ -215,39 +113,39 @@ def test_save_load_round_trip(tmp_path):
     for name in mask:
         assert loaded[name].dtype == torch.bool
         assert torch.equal(loaded[name], mask[name])
-    assert loaded.num_kept() == 15
+    assert loaded.num_kept() == mask.num_kept() > 0
     assert [p.name for p in path.parent.iterdir()] == ["mask.pt"]  # no temporary file left behind
 
 
 def test_load_rejects_garbage_truncated_and_foreign_files(tmp_path):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"this is not a torch file at all")
-    with pytest.raises(ValueError, match="garbage.pt"):
+    with pytest.raises(MaskError, match="garbage.pt"):
         Mask.load(garbage)
 
     good = tmp_path / "good.pt"
-    select_top_k(random_scores(), 0.5).save(good)
+    random_mask(0).save(good)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(ValueError, match="truncated.pt"):
+    with pytest.raises(MaskError, match="truncated.pt"):
         Mask.load(truncated)
 
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
-    with pytest.raises(ValueError):
+    with pytest.raises(MaskError):
         Mask.load(empty)
 
     a_list = tmp_path / "list.pt"
     torch.save([torch.ones(2, dtype=torch.bool)], a_list)
-    with pytest.raises(ValueError, match="not a mask file"):
+    with pytest.raises(MaskError, match="not a mask file"):
         Mask.load(a_list)
 
     floats = tmp_path / "floats.pt"
     torch.save({"w": torch.ones(2)}, floats)
-    with pytest.raises(ValueError, match="'w'"):
+    with pytest.raises(MaskError, match="'w'"):
         Mask.load(floats)
 
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(MaskError, match="missing.pt.*does not exist"):
         Mask.load(tmp_path / "missing.pt")
 
 
@@ -260,9 +158,7 @@ def mlp() -> nn.Sequential:
 
 
 def half_mask(model: nn.Module, seed: int) -> Mask:
-    generator = torch.Generator().manual_seed(seed)
-    scores = {n: torch.rand(p.shape, generator=generator) for n, p in prunable_parameters(model).items()}
-    return select_top_k(scores, 0.5)
+    return autosparse.prune(model, 0.5, "random", seed=seed)
 
 
 def run_steps(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int = 6) -> None:
@@ -327,7 +223,7 @@ def test_dense_mask_leaves_training_unchanged():
 
 def test_apply_mask_rejects_a_mask_for_another_model():
     model = mlp()
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(MaskError, match="missing"):
         apply_mask(model, Mask.dense(two_layer_net()))
     assert not hasattr(model, "_autosparse_mask_hooks")
     for name, param in model.named_parameters():  # nothing was zeroed

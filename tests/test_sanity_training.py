@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 import autosparse
-from autosparse import MODELS, Mask, apply_mask, build_model, load_dataset, prunable_parameters, select_top_k
+from autosparse import MODELS, Mask, UserError, apply_mask, build_model, load_dataset, prunable_parameters
+from autosparse.allocation import global_counts, top_k_within_layers
 from autosparse.config import TrainConfig
 from autosparse.registry import UnknownNameError
-from autosparse.sanity import invert_scores, reinit_seed, shuffle_mask
+from autosparse.sanity import reinit_seed, shuffle_mask
 from autosparse.training import NonFiniteLossError, evaluate, train
 
 
@@ -20,6 +21,10 @@ from autosparse.training import NonFiniteLossError, evaluate, train
 def scores_for(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     return {n: torch.randn(s, generator=generator) for n, s in shapes.items()}
+
+
+def select_top_k(scores: dict[str, torch.Tensor], density: float) -> Mask:
+    return top_k_within_layers(scores, global_counts(scores, round(density * sum(s.numel() for s in scores.values()))))
 
 
 SHAPES = {"conv": (4, 2, 3, 3), "fc": (10, 20), "head": (3, 10)}  # 72 + 200 + 30 = 302
@@ -54,21 +59,14 @@ def test_shuffle_mask_keeps_collapsed_and_dense_layers():
     assert int(shuffled["one"].sum()) == 1
 
 
-@pytest.mark.parametrize("scope", ["global", "layerwise"])
-def test_invert_scores_keeps_the_complement(scope):
-    generator = torch.Generator().manual_seed(0)
-    scores = {"a": torch.randperm(12, generator=generator).float().view(3, 4),  # distinct scores
-              "b": torch.randperm(8, generator=generator).float() + 100}
-    mask = select_top_k(scores, 0.5, scope)
-    inverted = select_top_k(invert_scores(scores), 0.5, scope)
-    for name in scores:
+@pytest.mark.parametrize("allocation", ["global", "uniform"])
+def test_invert_keeps_the_complement_at_half_density(allocation):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 4))  # 24 distinct |w|
+    mask = autosparse.prune(net, 0.5, "magnitude", allocation=allocation)
+    inverted = autosparse.prune(net, 0.5, "magnitude", allocation=allocation, invert=True)
+    for name in mask:
         assert torch.equal(inverted[name], ~mask[name]), name
-    assert torch.equal(invert_scores({"x": torch.tensor([1.0, -2.0])})["x"], torch.tensor([-1.0, 2.0]))
-
-
-def test_invert_scores_global_keeps_the_lowest():
-    scores = {"x": torch.tensor([5.0, 1.0, 4.0, 2.0, 3.0, 0.0])}
-    assert select_top_k(invert_scores(scores), 1 / 3)["x"].tolist() == [False, True, False, False, False, True]
 
 
 def test_reinit_seed_differs_from_seed_and_is_injective():
@@ -147,7 +145,7 @@ def test_train_with_nan_outputs_raises_non_finite_loss(digits):
         train(NaNOutput(64), digits, TrainConfig(epochs=3, schedule="constant"), seed=0,
               on_epoch=lambda *args: history.append(args))
     assert history == []  # raised in the first epoch, before any epoch was reported
-    assert issubclass(NonFiniteLossError, RuntimeError)
+    assert issubclass(NonFiniteLossError, UserError)
 
 
 def test_evaluate_matches_hand_accuracy_and_restores_mode(digits):
@@ -217,7 +215,7 @@ def test_mnist1d_shapes():
 
 
 def test_unknown_dataset_is_a_key_error_naming_it():
-    with pytest.raises(KeyError, match="'no_such_dataset'"):
+    with pytest.raises(UserError, match="'no_such_dataset'"):
         load_dataset("no_such_dataset")
 
 
@@ -290,17 +288,17 @@ def test_user_model_by_import_path(tmp_path, monkeypatch):
     again = build_model("autosparse_user_model_mod:factory", (1, 40), 4, seed=2)
     assert torch.equal(model[1].weight, again[1].weight)
     assert list(prunable_parameters(model)) == ["1.weight"]
-    with pytest.raises(KeyError, match="autosparse_user_model_mod:missing"):
+    with pytest.raises(UserError, match="autosparse_user_model_mod:missing"):
         build_model("autosparse_user_model_mod:missing", (1, 40), 4)
-    with pytest.raises(KeyError, match="not callable"):
+    with pytest.raises(UserError, match="not callable"):
         build_model("autosparse_user_model_mod:not_callable", (1, 40), 4)
-    with pytest.raises(TypeError, match="not an nn.Module"):
+    with pytest.raises(UserError, match="not an nn.Module"):
         build_model("autosparse_user_model_mod:not_a_module", (1, 40), 4)
 
 
 @pytest.mark.parametrize("name", ["no_such_model", "no_such_module_xyz:factory"])
-def test_unknown_model_is_a_key_error_naming_it(name):
-    with pytest.raises(KeyError, match=name):
+def test_unknown_model_is_a_user_error_naming_it(name):
+    with pytest.raises(UserError, match=name):
         build_model(name, (1, 8, 8), 10)
     with pytest.raises(UnknownNameError):
         build_model(name, (1, 8, 8), 10)
@@ -309,7 +307,7 @@ def test_unknown_model_is_a_key_error_naming_it(name):
 @pytest.mark.parametrize("name,shape", [("conv", (1, 40)), ("resnet20", (1, 40)), ("vgg11", (1, 40)),
                                         ("conv1d", (1, 8, 8))])
 def test_models_reject_inputs_of_the_wrong_rank(name, shape):
-    with pytest.raises(ValueError, match=rf"'{name}'.*{re_shape(shape)}"):
+    with pytest.raises(UserError, match=rf"'{name}'.*{re_shape(shape)}"):
         build_model(name, shape, 10)
 
 

@@ -13,14 +13,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import autosparse
+from autosparse import UserError
 from autosparse.config import ScorerConfig
 from autosparse.data import load_dataset
 from autosparse.models import build_model
 from autosparse.schema import ConfigError
 from autosparse.scorer import SCORER_NETWORKS, ScorerFormatError, fit_scorer, load_scorer, scorer_from_fit
-from autosparse.scorer.fit import Normalization, Rows, evaluate_rows, split_rows, validation_layers
+from autosparse.scorer.fit import (Normalization, split_parts, targets_for, to_part, train_network,
+                                   validation_layers)
 from autosparse.scorer.losses import SCORER_LOSSES
-from autosparse.scorer.metrics import iou_at_densities, round_for_density, spearman, top_k_iou
+from autosparse.scorer.metrics import (layer_density_error, round_for_density, spearman, top_k_iou,
+                                       within_layer_iou)
 from autosparse.survival import SurvivalDataset
 
 FEATURES = ["w0_z", "g0_z"]  # real feature names, so a fitted scorer can score real models
@@ -29,26 +32,32 @@ ROUNDS, FRACTION = 3, 0.5
 
 
 def synthetic(seed: int = 0, layer_sizes=(400, 300, 500, 200), model: str = "mlp") -> SurvivalDataset:
-    """Survival is a step function of `w0_z` (0..3 with IRP's halving shares); `g0_z` is noise."""
+    """Survival is a step function of `w0_z` (0..3 with IRP's halving shares); `g0_z` is noise. Rows for
+    rounds 0..2: round r holds the weights with survival >= r (features unchanged across rounds)."""
     generator = torch.Generator().manual_seed(seed)
     n = sum(layer_sizes)
     signal = torch.randn(n, generator=generator)
     noise = torch.randn(n, generator=generator)
     ranks = torch.argsort(torch.argsort(signal)).float() / n  # quantile of each row
     survival = ((ranks >= 0.5).int() + (ranks >= 0.75).int() + (ranks >= 0.875).int()).to(torch.int16)
+    layer = torch.arange(len(layer_sizes)).repeat_interleave(torch.tensor(layer_sizes))
+    rows = [survival >= r for r in range(ROUNDS)]
+    pick = lambda values: torch.cat([values[kept] for kept in rows])  # noqa: E731
     return SurvivalDataset(
         layers=[f"layer{i}.weight" for i in range(len(layer_sizes))],
-        layer_index=torch.arange(len(layer_sizes)).repeat_interleave(torch.tensor(layer_sizes)),
-        features={"w0_z": signal, "g0_z": noise},
-        survival=survival,
-        metadata={"model": model, "dataset": "digits", "seed": seed, "rounds": ROUNDS,
-                  "prune_fraction": FRACTION, "config_hash": f"hash{seed}"},
+        layer_index=pick(layer),
+        round=torch.cat([torch.full((int(kept.sum()),), r) for r, kept in enumerate(rows)]),
+        features={"w0_z": pick(signal), "g0_z": pick(noise)},
+        survival=pick(survival),
+        metadata={"model": model, "dataset": "digits", "seed": seed, "rounds": ROUNDS, "prune_fraction": FRACTION,
+                  "config_hash": f"hash{seed}", "layer_shapes": {f"layer{i}.weight": [size]
+                                                                 for i, size in enumerate(layer_sizes)}},
     )
 
 
 def fit_config(**changes) -> ScorerConfig:
-    settings = dict(features=list(FEATURES), hidden=[16], loss="pairwise", lr=1e-2, batch_size=256, epochs=4,
-                    rows_per_epoch=2048, patience=10, seed=0)
+    settings = dict(features=list(FEATURES), hidden=[16], target="survival", loss="pairwise", lr=1e-2, batch_size=256,
+                    epochs=4, rows_per_epoch=2048, patience=10, seed=0)
     return ScorerConfig(**{**settings, **changes})
 
 
@@ -59,7 +68,7 @@ def fitted():
 
 @pytest.fixture(scope="module")
 def scorer(fitted):
-    return scorer_from_fit(fitted, "compact_mlp", [16], FEATURES, {"source": "mlp/digits"})
+    return scorer_from_fit(fitted, fit_config(), {"source": "mlp/digits"})
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +118,27 @@ def test_round_for_density():
     assert round_for_density(0.9, 0.2) == 1  # never round 0 (that would keep everything)
 
 
-def test_iou_at_densities_only_reports_densities_the_chain_reached():
-    survival = torch.arange(30) % 26
-    predicted = survival.float()
-    assert iou_at_densities(predicted, survival, 15, 0.2) == {"iou_10pct": 1.0, "iou_5pct": 1.0}
-    assert set(iou_at_densities(predicted, survival, 25, 0.2)) == {"iou_10pct", "iou_5pct", "iou_2pct", "iou_1pct"}
-    assert iou_at_densities(predicted, survival, 5, 0.2) == {}
+def test_within_layer_iou_hand_computed():
+    # layer 0: kept {0, 1}, predicted top 2 = {0, 2}; layer 1: kept {4}, predicted top 1 = {4}
+    predicted = torch.tensor([0.9, 0.1, 0.8, 0.2, 5.0, 0.0])
+    kept = torch.tensor([True, True, False, False, True, False])
+    layers = torch.tensor([0, 0, 0, 0, 1, 1])
+    assert within_layer_iou(predicted, kept, layers) == pytest.approx((1 + 1) / (3 + 1))
+    assert within_layer_iou(kept.float(), kept, layers) == 1.0
+    assert math.isnan(within_layer_iou(predicted, torch.zeros(6, dtype=torch.bool), layers))
+
+
+def test_layer_density_error_hand_computed():
+    # IRP keeps 2 of layer 0 (4 weights) and 1 of layer 1 (2 weights). A global top-3 of `predicted`
+    # takes 3 from layer 0 and 1 from... no: top 3 = {4, 0, 2} -> layer 0 keeps 2, layer 1 keeps 1: no error.
+    predicted = torch.tensor([0.9, 0.1, 0.8, 0.2, 5.0, 0.0])
+    kept = torch.tensor([True, True, False, False, True, False])
+    layers = torch.tensor([0, 0, 0, 0, 1, 1])
+    assert layer_density_error(predicted, kept, layers) == 0.0
+    # all predictions favour layer 0: top 3 = {0, 1, 2}, layer 1 keeps none (counted as one weight)
+    lopsided = torch.tensor([3.0, 2.0, 1.0, 0.5, -1.0, -2.0])
+    expected = (abs(math.log((3 / 4) / (2 / 4))) + abs(math.log((1 / 2) / (1 / 2)))) / 2
+    assert layer_density_error(lopsided, kept, layers) == pytest.approx(expected)
 
 
 # ---------------------------------------------------------------- validation split
@@ -122,21 +146,23 @@ def test_iou_at_densities_only_reports_densities_the_chain_reached():
 
 def test_validation_layers_hand_case():
     chosen = validation_layers([10, 10, 10, 10], 0.25, seed=0)
-    assert len(chosen) == 2  # adds layers while the held-out share stays <= 2 * 0.25
+    assert len(chosen) == 1  # one layer is 25%: a second would exceed the configured share
     assert chosen == validation_layers([10, 10, 10, 10], 0.25, seed=0)
+    assert len(validation_layers([10] * 8, 0.25, seed=0)) == 2
 
 
-def test_validation_layers_never_holds_out_all_or_none():
+def test_validation_layers_respect_the_share_and_keep_two_layers_for_training():
     generator = torch.Generator().manual_seed(0)
     for case in range(200):
-        count = 2 + case % 7
+        count = 3 + case % 7
         sizes = torch.randint(1, 1000, (count,), generator=generator).tolist()
         fraction = [0.05, 0.25, 0.5, 0.9][case % 4]
         chosen = validation_layers(sizes, fraction, seed=case)
-        assert 1 <= len(chosen) <= count - 1, (sizes, fraction)
+        assert 1 <= len(chosen) <= count - 2, (sizes, fraction)
         assert chosen <= set(range(count))
-        if len(chosen) > 1:
-            assert sum(sizes[i] for i in chosen) <= 2 * fraction * sum(sizes)
+        held = sum(sizes[i] for i in chosen)
+        if held > fraction * sum(sizes):  # only when no layer fits: then the smallest is held out
+            assert len(chosen) == 1 and held == min(sizes), (sizes, fraction, chosen)
         assert validation_layers(sizes, fraction, seed=case) == chosen
 
 
@@ -145,53 +171,66 @@ def test_validation_layers_depends_on_the_seed():
     assert len(picks) > 1
 
 
-def test_validation_layers_needs_two_layers():
-    with pytest.raises(ConfigError, match="at least two"):
-        validation_layers([100], 0.25, seed=0)
+def test_validation_layers_needs_three_layers():
+    with pytest.raises(ConfigError, match="at least three"):
+        validation_layers([100, 50], 0.25, seed=0)
 
 
 def with_row_ids(data: SurvivalDataset, offset: int) -> SurvivalDataset:
     """Replace w0_z by a unique row id so rows can be traced through a split."""
     ids = torch.arange(len(data), dtype=torch.float32) + offset
-    return SurvivalDataset(data.layers, data.layer_index, {"w0_z": ids, "g0_z": data.features["g0_z"]},
-                           (ids.long() % 4).to(torch.int16), data.metadata)
+    return SurvivalDataset(data.layers, data.layer_index, data.round, {"w0_z": ids, "g0_z": data.features["g0_z"]},
+                           data.survival, data.metadata)
 
 
-def test_layer_split_is_disjoint_covers_every_row_and_keeps_layers_whole():
+@pytest.mark.parametrize("target", ["survival", "next_round"])
+def test_layer_split_is_disjoint_covers_every_row_and_keeps_layers_whole(target):
     datasets = [with_row_ids(synthetic(0), 0), with_row_ids(synthetic(1, (100, 200, 300)), 10_000)]
-    train, validation = split_rows(datasets, fit_config(validation="layers"), FEATURES)
+    config = fit_config(validation="layers", target=target, loss="bce")
+    train, validation = split_parts(datasets, config)
     assert len(train) == len(validation) == 2
     for data, train_part, validation_part in zip(datasets, train, validation):
         train_ids = set(train_part.features[:, 0].long().tolist())
         validation_ids = set(validation_part.features[:, 0].long().tolist())
         assert train_ids and validation_ids
         assert not train_ids & validation_ids
-        assert train_ids | validation_ids == set(data.features["w0_z"].long().tolist())
-        for part in (train_part, validation_part):
-            assert torch.equal(part.survival, (part.features[:, 0].long() % 4).to(torch.int16))  # rows stay aligned
-            assert (part.rounds, part.prune_fraction) == (ROUNDS, FRACTION)
+        rows = data.round == 0 if target == "survival" else torch.ones(len(data), dtype=torch.bool)
+        assert train_ids | validation_ids == set(data.features["w0_z"][rows].long().tolist())
         layer_of = dict(zip(data.features["w0_z"].long().tolist(), data.layer_index.tolist()))
         assert not {layer_of[i] for i in train_ids} & {layer_of[i] for i in validation_ids}
+        for part in (train_part, validation_part):
+            assert (part.rounds, part.prune_fraction) == (ROUNDS, FRACTION)
+            assert not part.whole_network
     assert train[0].label == "mlp/digits/seed0"
 
 
 def test_source_split_holds_out_the_last_dataset():
     datasets = [with_row_ids(synthetic(0), 0), with_row_ids(synthetic(1), 10_000)]
-    train, validation = split_rows(datasets, fit_config(validation="sources"), FEATURES)
+    train, validation = split_parts(datasets, fit_config(validation="sources"))
     assert len(train) == len(validation) == 1
-    assert torch.equal(train[0].features[:, 0], datasets[0].features["w0_z"])
-    assert torch.equal(validation[0].features[:, 0], datasets[1].features["w0_z"])
+    dense = [d.round == 0 for d in datasets]
+    assert torch.equal(train[0].features[:, 0], datasets[0].features["w0_z"][dense[0]])
+    assert torch.equal(validation[0].features[:, 0], datasets[1].features["w0_z"][dense[1]])
+    assert validation[0].whole_network
 
 
 def test_source_split_needs_two_datasets():
     with pytest.raises(ConfigError, match="sources"):
-        split_rows([synthetic(0)], fit_config(validation="sources"), FEATURES)
+        split_parts([synthetic(0)], fit_config(validation="sources"))
 
 
-def test_row_targets_and_normalization():
-    rows = Rows(torch.zeros(4, 1), torch.tensor([0, 1, 2, 3], dtype=torch.int16), 3, 0.5, "x")
-    targets = rows.targets(0.25)  # density 0.25 at p = 0.5 is round 2
-    torch.testing.assert_close(targets, torch.tensor([[0, 0], [1 / 3, 0], [2 / 3, 1], [1, 1]]))
+def test_training_targets_of_each_design():
+    data = synthetic(0)
+    survival = targets_for(fit_config(loss="mse"), data)
+    torch.testing.assert_close(survival, data.survival.float() / ROUNDS)
+    kept = targets_for(fit_config(loss="bce", bce_density=0.25), data)  # density 0.25 at p = 0.5 is round 2
+    assert torch.equal(kept, (data.survival >= 2).float())
+    following = targets_for(fit_config(target="next_round", loss="bce"), data)
+    assert torch.equal(following, (data.survival.long() > data.round).float())
+    assert float(following[data.round == 0].mean()) == pytest.approx(0.5, abs=0.01)  # half survive round 1
+
+
+def test_normalization():
     features = torch.tensor([[1.0, 10.0], [3.0, 10.0], [5.0, 10.0]])
     norm = Normalization.fit(features, "standard")
     torch.testing.assert_close(norm.mean, torch.tensor([3.0, 10.0]))
@@ -207,32 +246,31 @@ def test_row_targets_and_normalization():
 def loss_inputs():
     output = torch.tensor([0.3, -1.2, 2.0, 0.5, -0.1, 1.1])
     survival = torch.tensor([1.0, 0.0, 3.0, 2.0, 0.0, 3.0])
-    targets = torch.stack([survival / 3, (survival >= 2).float()], dim=1)
-    return output, targets
+    return output, survival / 3, (survival >= 2).float()
 
 
 def test_mse_loss_by_hand():
-    output, targets = loss_inputs()
-    expected = sum((o - t) ** 2 for o, t in zip(output.tolist(), targets[:, 0].tolist())) / 6
+    output, targets, _ = loss_inputs()
+    expected = sum((o - t) ** 2 for o, t in zip(output.tolist(), targets.tolist())) / 6
     value = SCORER_LOSSES.get("mse")(output, targets, torch.Generator().manual_seed(0))
     assert float(value) == pytest.approx(expected, rel=1e-6)
-    assert float(value) == pytest.approx(float(F.mse_loss(output, targets[:, 0])), rel=1e-6)
+    assert float(value) == pytest.approx(float(F.mse_loss(output, targets)), rel=1e-6)
 
 
 def test_bce_loss_by_hand():
-    output, targets = loss_inputs()
+    output, _, labels = loss_inputs()
     expected = -sum(y * math.log(1 / (1 + math.exp(-o))) + (1 - y) * math.log(1 - 1 / (1 + math.exp(-o)))
-                    for o, y in zip(output.tolist(), targets[:, 1].tolist())) / 6
-    value = SCORER_LOSSES.get("bce")(output, targets, torch.Generator().manual_seed(0))
+                    for o, y in zip(output.tolist(), labels.tolist())) / 6
+    value = SCORER_LOSSES.get("bce")(output, labels, torch.Generator().manual_seed(0))
     assert float(value) == pytest.approx(expected, rel=1e-6)
 
 
 def test_pairwise_loss_by_hand():
-    output, targets = loss_inputs()
+    output, targets, _ = loss_inputs()
     partner = torch.randperm(6, generator=torch.Generator().manual_seed(7)).tolist()
     terms = []
     for i, j in enumerate(partner):
-        diff = targets[i, 0].item() - targets[j, 0].item()
+        diff = targets[i].item() - targets[j].item()
         if diff != 0:
             sign = 1.0 if diff > 0 else -1.0
             terms.append(math.log1p(math.exp(-sign * (output[i].item() - output[j].item()))))
@@ -243,7 +281,7 @@ def test_pairwise_loss_by_hand():
 
 def test_pairwise_loss_prefers_the_correct_order():
     survival = torch.arange(64).float() % 4
-    targets = torch.stack([survival / 3, (survival >= 2).float()], dim=1)
+    targets = survival / 3
     pairwise = SCORER_LOSSES.get("pairwise")
     right = pairwise(survival * 2.0, targets, torch.Generator().manual_seed(1))
     wrong = pairwise(-survival * 2.0, targets, torch.Generator().manual_seed(1))
@@ -253,7 +291,7 @@ def test_pairwise_loss_prefers_the_correct_order():
 
 def test_pairwise_loss_without_ordered_pairs_is_zero_and_differentiable():
     output = torch.randn(5, requires_grad=True)
-    targets = torch.ones(5, 2)
+    targets = torch.ones(5)
     value = SCORER_LOSSES.get("pairwise")(output, targets, torch.Generator().manual_seed(0))
     assert float(value.detach()) == 0.0
     value.backward()
@@ -287,21 +325,39 @@ def test_compact_mlp_layout():
 
 def test_fit_learns_a_monotone_survival(fitted):
     assert fitted.best["spearman"] > 0.8
+    assert fitted.best["within_layer_iou"] > 0.8
     assert fitted.history[-1]["spearman"] > 0.8
-    assert fitted.train_rows + fitted.validation_rows == 1400
-    assert fitted.validation_rows > 0 and fitted.train_rows > 0
+    assert fitted.train_rows == 1400  # the saved scorer saw every round-0 row ...
+    assert 0 < fitted.validation_rows < 1400  # ... after validation rows chose its epochs
     assert all(math.isfinite(h["loss"]) for h in fitted.history)
 
 
-def test_fit_keeps_the_best_epoch(fitted):
-    spearmans = [h["spearman"] for h in fitted.history]
-    best_epoch = spearmans.index(max(spearmans))
-    assert fitted.best["epoch"] == best_epoch
-    assert fitted.best["spearman"] == max(spearmans)
-    _, validation = split_rows([synthetic(0)], fit_config(), FEATURES)
-    rescored = evaluate_rows(fitted.network, fitted.normalization, validation, 0)
-    assert rescored["spearman"] == pytest.approx(fitted.best["spearman"], abs=1e-9)
+def test_the_saved_scorer_is_refitted_on_every_row(fitted):
+    """Validation only chooses the number of epochs: normalization and weights come from all rows."""
+    dense = synthetic(0)
+    dense = dense.select(dense.round == 0)
+    everything = dense.feature_matrix(FEATURES)
+    torch.testing.assert_close(fitted.normalization.mean, everything.double().mean(0).float())
+    train, _ = split_parts([synthetic(0)], fit_config())
+    assert not torch.allclose(fitted.normalization.mean, train[0].features.double().mean(0).float())
+    assert fitted.epochs == fitted.best["epoch"] + 1
+    refit, _ = train_network([to_part(fit_config(), dense, True)], fit_config(), fitted.epochs)
+    for key, value in refit.state_dict().items():
+        assert torch.equal(fitted.network.state_dict()[key], value), key
+
+
+def test_fit_chooses_the_epoch_with_the_best_validation_iou(fitted):
+    ious = [h["within_layer_iou"] for h in fitted.history]
+    assert fitted.best["epoch"] == ious.index(max(ious))
+    assert fitted.best["within_layer_iou"] == max(ious)
     assert not fitted.network.training
+
+
+def test_early_stopping_after_patience_epochs_without_improvement():
+    result = fit_scorer([synthetic(0)], fit_config(epochs=30, patience=2, lr=0.05))
+    best = int(result.best["epoch"])
+    assert len(result.history) <= best + 1 + 2
+    assert len(result.history) < 30
 
 
 def test_fit_is_deterministic_for_a_seed(fitted):
@@ -314,9 +370,10 @@ def test_fit_is_deterministic_for_a_seed(fitted):
 
 
 def test_held_out_datasets_are_reported_but_never_steer_fitting(fitted):
-    result = fit_scorer([synthetic(0)], fit_config(), held_out=[synthetic(5, (300, 300), model="conv")])
-    assert all("heldout_spearman" in h for h in result.history)
+    result = fit_scorer([synthetic(0)], fit_config(), held_out=[synthetic(5, (300, 300, 200), model="conv")])
+    assert all("heldout_within_layer_iou" in h for h in result.history)
     assert result.history[-1]["heldout_spearman"] > 0.8
+    assert "heldout_layer_density_error_12pct" in result.history[-1]  # a whole network: allocation error too
     assert [{k: v for k, v in h.items() if not k.startswith("heldout_")} for h in result.history] == fitted.history
     for key, value in fitted.network.state_dict().items():
         assert torch.equal(result.network.state_dict()[key], value), key
@@ -326,6 +383,13 @@ def test_held_out_datasets_are_reported_but_never_steer_fitting(fitted):
 def test_other_losses_also_learn_the_ranking(loss):
     result = fit_scorer([synthetic(0)], fit_config(loss=loss, bce_density=0.25))
     assert result.best["spearman"] > 0.7
+
+
+def test_a_conditional_scorer_learns_who_survives_the_next_round():
+    result = fit_scorer([synthetic(0)], fit_config(target="next_round", loss="bce", epochs=6))
+    assert "spearman" not in result.best  # teacher-forced pruning metrics only
+    assert result.best["within_layer_iou"] > 0.8
+    assert result.train_rows == len(synthetic(0))  # rows of every round
 
 
 # ---------------------------------------------------------------- artifact
@@ -349,9 +413,9 @@ def test_path_and_object_give_identical_scores_and_masks(scorer, saved):
     digits = load_dataset("digits")
     model = build_model("mlp", digits.input_shape, digits.num_classes, 3)
     batch = digits.sample_batch(64, 0)
-    from_object = autosparse.score(model, 0.1, scorer, batch)
-    from_path = autosparse.score(model, 0.1, saved, batch)
-    from_text = autosparse.score(model, 0.1, str(saved), batch)
+    from_object = autosparse.score(model, scorer, batch)
+    from_path = autosparse.score(model, saved, batch)
+    from_text = autosparse.score(model, str(saved), batch)
     assert list(from_object) == ["1.weight", "3.weight", "5.weight"]
     for layer, values in from_object.items():
         assert values.shape == model.get_submodule(layer[:-len(".weight")]).weight.shape
@@ -367,13 +431,13 @@ def test_scorer_ranks_by_the_learned_feature(scorer):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
     batch = (torch.randn(16, 20), torch.randint(0, 5, (16,)))
-    scores = autosparse.score(model, 0.1, scorer, batch)
+    scores = autosparse.score(model, scorer, batch)
     assert spearman(scores["0.weight"].flatten(), model[0].weight.detach().flatten()) > 0.8
 
 
 def test_scorer_with_a_data_feature_needs_data(scorer):
     torch.manual_seed(0)
-    with pytest.raises(ValueError, match="needs data"):
+    with pytest.raises(UserError, match="needs data"):
         autosparse.prune(nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)), 0.5, method=scorer)
 
 

@@ -7,7 +7,12 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..registry import Registry, UnknownNameError
+
+class ModelInputError(UserError):
+    """A model cannot be built for the given input shape, or its factory returned no nn.Module."""
+
 
 ModelFactory = Callable[..., nn.Module]  # factory(input_shape=..., num_classes=...) -> nn.Module
 MODELS: Registry[ModelFactory] = Registry("model")
@@ -34,7 +39,7 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed:
         torch.manual_seed(seed)
         model = factory(input_shape=tuple(input_shape), num_classes=num_classes)
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model factory {name!r} returned {type(model).__name__}, not an nn.Module")
+        raise ModelInputError(f"model factory {name!r} returned {type(model).__name__}, not an nn.Module")
     return model
 
 
@@ -42,4 +47,4 @@ def require_rank(name: str, input_shape: tuple[int, ...], rank: int) -> None:
     """Models built for images (C, H, W) or signals (C, L) reject other input shapes clearly."""
     if len(input_shape) != rank:
         kinds = {2: "(channels, length) signals", 3: "(channels, height, width) images"}
-        raise ValueError(f"model {name!r} needs {kinds[rank]}, got input shape {tuple(input_shape)}")
+        raise ModelInputError(f"model {name!r} needs {kinds[rank]}, got input shape {tuple(input_shape)}")

@@ -131,6 +131,12 @@ def split_parts(datasets: Sequence[SurvivalDataset], config: ScorerConfig) -> tu
     return train, validation
 
 
+def metric_densities(rounds: int, prune_fraction: float) -> list[float]:
+    """5%, 2% and 1% where the chain got there; else only its final density."""
+    reached = [d for d in IOU_DENSITIES if round_for_density(d, prune_fraction) <= rounds]
+    return reached or [(1 - prune_fraction) ** rounds]
+
+
 @torch.no_grad()
 def predict(network: nn.Module, normalization: Normalization, features: Tensor) -> Tensor:
     """Scores for many rows in large chunks on the network's device, gathered in one CPU tensor."""
@@ -148,10 +154,8 @@ def part_metrics(predicted: Tensor, part: Part, conditional: bool, seed: int) ->
     """Pruning-quality metrics of one validation part (see scorer/metrics.py)."""
     metrics: dict[str, float] = {}
     available = sorted(set(part.round.tolist()))
-    for density in IOU_DENSITIES:
+    for density in metric_densities(part.rounds, part.prune_fraction):
         target_round = round_for_density(density, part.prune_fraction)
-        if target_round > part.rounds:
-            continue
         base = max([r for r in available if r < target_round], default=None) if conditional else 0
         if base is None:
             continue

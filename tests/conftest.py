@@ -54,7 +54,7 @@ def ray_session():
 
 
 def finished_cells(workspace: Path) -> int:
-    from autosparse.orchestration.stages import MARKER
+    from autosparse.orchestration.store import MARKER
 
     folder = workspace / "cell"
     return sum(1 for p in folder.iterdir() if (p / MARKER).is_file()) if folder.is_dir() else 0
@@ -85,7 +85,7 @@ def smoke_run(tmp_path_factory):
     from autosparse.orchestration.pipeline import Pipeline
 
     workspace = tmp_path_factory.mktemp("smoke") / "ws"
-    total = len(Pipeline(load_config("smoke"), workspace, progress=False).cells)
+    total = len(Pipeline(load_config("smoke"), workspace, progress=False).jobs["cell"])
     driver = subprocess.Popen([sys.executable, "-m", "autosparse.cli", "run", "smoke", "--workspace", str(workspace),
                                "--no-progress"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 400

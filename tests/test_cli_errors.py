@@ -30,7 +30,8 @@ def run_and_fail(capsys, tmp_path: Path, *args: str) -> str:
     assert code != 0
     assert len(err.splitlines()) == 1, err
     assert err.startswith("autosparse: error: ")
-    assert not any((workspace / kind).exists() for kind in ("irp", "scorer", "cell", "ray")), "stage output left behind"
+    assert not any((workspace / kind).exists() for kind in ("irp", "scorer", "allocator", "cell", "report", "ray")), \
+        "stage output left behind"
     return err
 
 
@@ -44,7 +45,12 @@ def run_and_fail(capsys, tmp_path: Path, *args: str) -> str:
     (lambda d: d["matrix"]["targets"].append({"model": "transformer9000", "dataset": "digits"}),
      "unknown model 'transformer9000'"),
     (lambda d: d["sources"][0].update(dataset="imagenet22k"), "unknown dataset 'imagenet22k'"),
-    (lambda d: d["matrix"].update(methods=["snip", "oracle"]), "unknown pruning method 'oracle'"),
+    (lambda d: d["matrix"].update(methods=["snip", "oracle"]), "matrix.methods[1]: unknown pruning criterion 'oracle'"),
+    (lambda d: d["matrix"].update(methods=["snip/iter0"]), "steps must be at least 1"),
+    (lambda d: d["matrix"].update(methods=["autos:nobody"]), "no scorer named 'nobody'"),
+    (lambda d: d["matrix"].update(methods=["snip@alloc:vibes"]), "unknown allocation 'vibes'"),
+    (lambda d: d["matrix"]["targets"].append({"model": "mlp"}), "matrix.targets[2]: missing key 'dataset'"),
+    (lambda d: d.update(sources=[{"model": "mlp", "dataset": "digits"}]), "mlp/digits has no source of another"),
     (lambda d: d["irp"].update(features=["w0", "g0", "vibes"]), "unknown feature 'vibes'"),
     (lambda d: d["scorers"][0].update(network="transformer"), "unknown scorer network 'transformer'"),
 ])
@@ -91,7 +97,7 @@ def test_prune_bad_sparsity_and_method(capsys, tmp_path):
     assert main(["prune", "--model", "mlp", "--dataset", "digits", "--method", "snip", "--sparsity", "1.5"]) != 0
     assert "sparsity 1.5 is outside (0, 1)" in capsys.readouterr().err
     assert main(["prune", "--model", "mlp", "--dataset", "digits", "--method", "nope", "--sparsity", "0.9"]) != 0
-    assert "unknown pruning method 'nope'" in capsys.readouterr().err
+    assert "unknown pruning criterion 'nope'" in capsys.readouterr().err
 
 
 def test_prune_writes_mask(capsys, tmp_path):
@@ -108,7 +114,7 @@ def test_help_lists_every_verb(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    for verb in ("run", "irp", "fit-scorer", "matrix", "prune", "tune", "report", "ui"):
+    for verb in ("run", "irp", "fit-scorer", "fit-allocator", "matrix", "prune", "tune", "report", "ui"):
         assert verb in text
 
 
@@ -126,3 +132,57 @@ def test_unknown_workspace_scheme(capsys):
     code = main(["run", "smoke", "--workspace", "nosuchfs://bucket/ws"])
     err = capsys.readouterr().err.strip()
     assert code != 0 and len(err.splitlines()) == 1 and "'nosuchfs://bucket/ws': no filesystem" in err
+
+
+def test_a_config_file_that_is_not_text(capsys, tmp_path):
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(bytes(range(256)))
+    err = run_and_fail(capsys, tmp_path, "run", str(path))
+    assert str(path) in err and "not UTF-8 text" in err
+
+
+@pytest.mark.parametrize("size", ["0", "-3", "x"])
+def test_prune_rejects_a_batch_size_that_is_not_positive(capsys, size):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prune", "--model", "mlp", "--dataset", "digits", "--method", "snip", "--sparsity", "0.9",
+              "--batch-size", size])
+    assert exit_info.value.code == 2
+    assert "--batch-size" in capsys.readouterr().err
+
+
+def test_a_workspace_that_is_a_file(capsys, tmp_path):
+    workspace = tmp_path / "taken"
+    workspace.write_text("not a folder")
+    code = main(["run", "smoke", "--workspace", str(workspace)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"workspace {str(workspace)!r} is a file, not a folder" in err
+
+
+def test_a_bug_is_exit_one_with_one_line_and_a_traceback_only_with_verbose(capsys, monkeypatch):
+    import autosparse.cli as cli
+
+    def broken(args):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setitem(cli.COMMANDS, "prune", broken)
+    argv = ["prune", "--model", "mlp", "--dataset", "digits", "--method", "snip", "--sparsity", "0.9"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "internal error" in err and "ZeroDivisionError: division by zero" in err
+    with pytest.raises(ZeroDivisionError):
+        main([*argv, "-v"])
+
+
+def test_user_errors_inside_ray_wrappers_stay_user_errors():
+    from autosparse.errors import UserError, describe, is_user_error
+
+    class TaskError(Exception):
+        pass
+
+    wrapped = TaskError("ray.exceptions.RayTaskError(...)")
+    wrapped.cause = UserError("dataset 'x' not found under '/d'")
+    assert is_user_error(wrapped) and describe(wrapped) == "dataset 'x' not found under '/d'"
+    bug = TaskError("wrapper")
+    bug.cause = KeyError("internal")
+    assert not is_user_error(bug) and describe(bug) == "KeyError: 'internal'"

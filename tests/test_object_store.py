@@ -12,8 +12,8 @@ import time
 import pyarrow.fs as pafs
 import pytest
 
-from autosparse.orchestration.stages import MARKER, StageStore
-from autosparse.schema import ConfigError
+from autosparse import UserError
+from autosparse.orchestration.store import MARKER, StageStore
 
 from conftest import REPO, kill_tree, run_cli
 
@@ -59,7 +59,8 @@ def remote_files(store: StageStore, relative: str) -> set[str]:
 def test_stage_is_published_marker_last_and_read_by_another_node(s3_env, tmp_path):
     writer = StageStore(f"s3://{BUCKET}/publish", cache=tmp_path / "node-a")
     assert writer.remote and not writer.done("cell", "abc")
-    with writer.writing("cell", "abc", {"label": "x"}) as folder:
+    with writer.writing("cell", "abc") as (folder, record):
+        record["label"] = "x"
         (folder / "result.json").write_text('{"test_accuracy": 0.5}')
         (folder / "sub").mkdir()
         (folder / "sub" / "curve.txt").write_text("1\n2\n")
@@ -78,7 +79,7 @@ def test_stage_is_published_marker_last_and_read_by_another_node(s3_env, tmp_pat
 def test_failed_or_unmarked_stage_is_not_finished(s3_env, tmp_path):
     store = StageStore(f"s3://{BUCKET}/partial", cache=tmp_path / "cache")
     with pytest.raises(RuntimeError, match="boom"):
-        with store.writing("irp", "bad", {}) as folder:
+        with store.writing("irp", "bad") as (folder, _):
             (folder / "survival.parquet").write_bytes(b"partial")
             raise RuntimeError("boom")
     assert remote_files(store, "irp") == set() and list((tmp_path / "cache" / "irp").iterdir()) == []
@@ -93,7 +94,7 @@ def test_remove_push_and_pull(s3_env, tmp_path):
     store = StageStore(f"s3://{BUCKET}/ops", cache=tmp_path / "a")
     other = StageStore(f"s3://{BUCKET}/ops", cache=tmp_path / "b")
     for digest in ("one", "two"):
-        with store.writing("scorer", digest, {}) as folder:
+        with store.writing("scorer", digest) as (folder, _):
             (folder / "history.json").write_text("[]")
     assert (other.output("scorer", "one") / "history.json").is_file()  # now in node b's cache
     assert store.remove("scorer") == 2
@@ -110,13 +111,13 @@ def test_remove_push_and_pull(s3_env, tmp_path):
 def test_file_uri_is_a_local_workspace(tmp_path):
     store = StageStore(f"file://{tmp_path}/ws")
     assert not store.remote and store.local == tmp_path / "ws"
-    with store.writing("cell", "d1", {}) as folder:
+    with store.writing("cell", "d1") as (folder, _):
         (folder / "result.json").write_text("{}")
     assert (tmp_path / "ws" / "cell" / "d1" / MARKER).is_file() and store.finished("cell") == ["d1"]
 
 
 def test_unknown_scheme_is_one_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="nosuchfs://bucket/ws") as error:
+    with pytest.raises(UserError, match="nosuchfs://bucket/ws") as error:
         StageStore("nosuchfs://bucket/ws")
     assert "\n" not in str(error.value)
 
@@ -130,40 +131,42 @@ def test_pipeline_on_s3_killed_and_resubmitted_from_another_node(s3_env, tmp_pat
     import torch
 
     from autosparse.config import load_config
-    from autosparse.orchestration.irp_stage import STATE_FILE, ChainJob
     from autosparse.irp import IRPState
+    from autosparse.orchestration.irp_stage import STATE_FILE, run_name, source_chains
 
     workspace = f"s3://{BUCKET}/pipeline"
-    overrides = ["matrix.targets=[{model: mlp, dataset: digits}]", "matrix.methods=[snip]", "matrix.irp_reference=false",
-                 "scorers=[{name: compact, epochs: 2, rows_per_epoch: 5000, patience: 2}]", "irp.train.epochs=3"]
+    overrides = ["matrix.targets=[{model: mlp, dataset: digits}]", "matrix.methods=[snip, autos:c]",
+                 "matrix.irp_reference=false", "irp.train.epochs=3",
+                 "scorers=[{name: c, epochs: 2, rows_per_epoch: 5000, patience: 2, steps: 2}]"]
     args = ["run", "smoke", "--workspace", workspace, "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
             "--no-progress", *[item for o in overrides for item in ("--set", o)]]
-    job = ChainJob.of(load_config("smoke", overrides).chain("conv", "digits", 0))
+    job = source_chains(load_config("smoke", overrides))[0]
+    assert job.label == "conv/digits/seed0"
     store = StageStore(workspace, cache=tmp_path / "inspect")
 
     driver = subprocess.Popen([sys.executable, "-m", "autosparse.cli", *args], cwd=REPO, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env={**os.environ, "AUTOSPARSE_CACHE": str(tmp_path / "a")})
     deadline = time.monotonic() + 300
-    while not store.list_dirs(f"ray/{job.run_name}", "checkpoint_"):
+    while not store.list_dirs(f"ray/{run_name(job)}", "checkpoint_"):
         assert driver.poll() is None and time.monotonic() < deadline, "no IRP checkpoint reached S3 in time"
         time.sleep(0.2)
     kill_tree(driver)
-    newest = store.list_dirs(f"ray/{job.run_name}", "checkpoint_")[-1]
+    newest = store.list_dirs(f"ray/{run_name(job)}", "checkpoint_")[-1]
     with store.fs.open_input_stream(f"{newest}/{STATE_FILE}") as stream:
         before = IRPState.from_tensors(torch.load(io.BytesIO(stream.read()), weights_only=True)["state"])
-    assert 1 <= before.completed <= job.chain.irp.rounds and not store.done("irp", job.digest)
+    assert 1 <= before.completed <= job.config.irp.rounds and not store.done("irp", job.digest)
 
     second = run_cli(*args, env={"AUTOSPARSE_CACHE": str(tmp_path / "b")})
     assert second.returncode == 0, second.stderr[-3000:]
     history = store.record("irp", job.digest)["history"]
-    assert len(history) == job.chain.irp.rounds + 1
+    assert len(history) == job.config.irp.rounds + 1
     assert [r["seconds"] for r in history[:before.completed]] == [r.seconds for r in before.history]
     assert len(store.finished("scorer")) == 1 and len(store.finished("cell")) == 6  # dense, snip, autos x 4
-    assert any(name.endswith("report.md") for name in remote_files(store, "reports"))
+    assert any(name.endswith("report.md") for name in remote_files(store, "report"))
 
     third = run_cli(*args, env={"AUTOSPARSE_CACHE": str(tmp_path / "c")})
     assert third.returncode == 0, third.stderr[-3000:]
-    assert "stages run this time: irp: 0, scorer: 0, cell: 0" in third.stdout
+    assert "stages run this time: irp: 0, scorer: 0, allocator: 0, cell: 0, report: 0" in third.stdout
 
     report = run_cli("report", workspace, env={"AUTOSPARSE_CACHE": str(tmp_path / "d")})
     assert report.returncode == 0, report.stderr[-3000:]

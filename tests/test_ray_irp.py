@@ -13,23 +13,30 @@ import torch
 from autosparse.config import DataConfig, IRPChainConfig, IRPConfig, TrainConfig
 from autosparse.data import load_dataset
 from autosparse.irp import IRPState, run_irp
-from autosparse.orchestration.irp_stage import STATE_FILE, ChainJob, finalize_chain, fit_chain
-from autosparse.orchestration.stages import StageStore
+from autosparse.orchestration.irp_stage import (STATE_FILE, chain_job, fit_chain, latest_checkpoint, run_name,
+                                                survival_path)
+from autosparse.orchestration.stage import Job, execute_job
+from autosparse.orchestration.store import StageStore
+from autosparse.schema import to_dict
 from autosparse.survival import read_survival
 
 pytestmark = pytest.mark.slow
 
 
 def chain(rounds: int = 4) -> IRPChainConfig:
-    return IRPChainConfig("mlp", "digits", 3, IRPConfig(rounds=rounds, prune_fraction=0.4,
-                                                        train=TrainConfig(epochs=3, batch_size=64)))
+    return IRPChainConfig("mlp", "digits", 3, IRPConfig(rounds=rounds, prune_fraction=0.4, features=["w0", "g0"]),
+                          TrainConfig(epochs=3, batch_size=64))
 
 
-def checkpoints(store: StageStore, job: ChainJob) -> list[Path]:
-    return sorted(p for p in (store.local / "ray" / job.run_name).glob("checkpoint_*") if p.is_dir())
+def checkpoints(store: StageStore, job: Job) -> list[Path]:
+    return sorted(p for p in (store.local / "ray" / run_name(job)).glob("checkpoint_*") if p.is_dir())
 
 
-def kill_worker_after(store: StageStore, job: ChainJob, reported_rounds: int, timeout: float = 300) -> int:
+def final_state(store: StageStore, job: Job) -> IRPState:
+    return latest_checkpoint(store, job)[1]
+
+
+def kill_worker_after(store: StageStore, job: Job, reported_rounds: int, timeout: float = 300) -> int:
     """Wait until `reported_rounds` round checkpoints exist, then SIGKILL the Ray Train worker."""
     deadline = time.monotonic() + timeout
     while len(checkpoints(store, job)) < reported_rounds:
@@ -56,17 +63,16 @@ def assert_same_chain(state: IRPState, reference: IRPState) -> None:
 
 def test_worker_killed_in_round_two_recovers_identically(tmp_path: Path, ray_session) -> None:
     config = chain(rounds=4)
-    store, job = StageStore(tmp_path), ChainJob.of(config)
-    outcome: dict = {}
-    runner = threading.Thread(target=lambda: outcome.update(state=fit_chain(job, DataConfig(), store, max_failures=2)))
+    store, job = StageStore(tmp_path), chain_job(config, {})
+    runner = threading.Thread(target=lambda: fit_chain(job, DataConfig(), store, max_failures=2))
     runner.start()
     killed = kill_worker_after(store, job, reported_rounds=2)
     runner.join(timeout=600)
     assert not psutil.pid_exists(killed) or psutil.Process(killed).status() == psutil.STATUS_ZOMBIE
-    assert_same_chain(outcome["state"], reference_survival(config))
+    assert_same_chain(final_state(store, job), reference_survival(config))
 
-    path = finalize_chain(job, outcome["state"], DataConfig(), store)
-    survival = read_survival(path)
+    execute_job(job.to_data(), store.location, to_dict(DataConfig()))  # the survival dataset, from the checkpoint
+    survival = read_survival(survival_path(store, job.digest))
     assert survival.metadata["rounds"] == 4 and survival.metadata["config_hash"] == job.digest
     assert len(survival.metadata["history"]) == 5
     for key in ("model", "dataset", "seed", "prune_fraction", "rewind_step", "trained_criterion", "feature_names",
@@ -78,7 +84,7 @@ def test_failed_run_resumed_by_a_new_driver_from_its_checkpoint(tmp_path: Path, 
     from ray.train import TrainingFailedError
 
     config = chain(rounds=3)
-    store, job = StageStore(tmp_path), ChainJob.of(config)
+    store, job = StageStore(tmp_path), chain_job(config, {})
     failure: dict = {}
 
     def first_driver() -> None:
@@ -96,6 +102,7 @@ def test_failed_run_resumed_by_a_new_driver_from_its_checkpoint(tmp_path: Path, 
     before = IRPState.from_tensors(saved["state"])
     assert 2 <= before.completed < 4
 
-    resumed = fit_chain(job, DataConfig(), store)
+    fit_chain(job, DataConfig(), store)
+    resumed = final_state(store, job)
     assert [r.seconds for r in resumed.history[:before.completed]] == [r.seconds for r in before.history]
     assert_same_chain(resumed, reference_survival(config))

@@ -7,9 +7,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from autosparse.config import ScorerConfig
+from autosparse.config import ScorerConfig, load_space
 from autosparse.schema import ConfigError, from_dict
-from autosparse.tuning_space import load_space
 
 from conftest import REPO, run_cli
 
@@ -28,7 +27,7 @@ def test_space_rejects_non_scorer_fields(tmp_path: Path) -> None:
     bad.write_text("space:\n  learning_rate: {loguniform: [0.001, 0.01]}\n")
     with pytest.raises(ConfigError, match="learning_rate.*not a scorer field"):
         load_space(bad)
-    bad.write_text("space:\n  loss: {choice: [mse, hinge]}\n")
+    bad.write_text("space:\n  loss: {choice: [bce, hinge]}\n")
     with pytest.raises(ConfigError, match="hinge"):
         load_space(bad)
 
@@ -46,7 +45,7 @@ def test_tiny_search_tracks_every_trial_and_exports_best(smoke_workspace_copy: P
     folder = next((workspace / "tune").glob("tune-*"))
     best = yaml.safe_load((folder / "best_scorer.yaml").read_text())
     config = from_dict(ScorerConfig, best)
-    assert config.epochs == 3 and config.loss in ("mse", "pairwise")
+    assert config.epochs == 3 and config.loss == "bce" and config.target in ("survival", "next_round")
     assert (folder / "best_scorer.safetensors").stat().st_size > 0
     table = (folder / "results.md").read_text()
     assert table.count("\n| ") >= 4
@@ -57,7 +56,7 @@ def test_tiny_search_tracks_every_trial_and_exports_best(smoke_workspace_copy: P
     parents = [r for r in runs if r.data.tags.get("autosparse.kind") == "pipeline"]
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(parents) == 1 and len(trials) == 4
-    assert all("heldout_spearman" in r.data.metrics for r in trials)
+    assert all("heldout_within_layer_iou" in r.data.metrics for r in trials)
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"best_scorer.yaml", "results.md", "best_scorer.safetensors"} <= artifacts
 

@@ -30,7 +30,7 @@ FORMAT = "autosparse.allocator"
 FORMAT_VERSION = 1
 HEADER_KEY = "autosparse"
 CONTEXT = ["depth", "is_first", "is_last", "log_fan_in", "log_fan_out", "log_kernel_size", "log_layer_share",
-           "layer_kind", "log_density"]
+           "layer_kind", "log_density", "log_density*log_layer_share", "log_density*is_last", "log_density*log_fan_in"]
 EVALUATION_DENSITIES = (0.05, 0.02, 0.01)
 
 
@@ -39,17 +39,22 @@ class AllocatorFormatError(UserError):
 
 
 def layer_context(shapes: Mapping[str, Sequence[int]], density: float) -> Tensor:
-    """(layers, len(CONTEXT)) float32: where each layer sits, its shape, and the global density."""
+    """(layers, len(CONTEXT)) float32: where each layer sits, its shape, the global density, and how the
+    density interacts with the layer's share, position and fan-in (a linear model in these extrapolates
+    across architectures far better than an MLP on the plain context: BENCHMARKS.md, "Learned allocation")."""
     names = list(shapes)
     total = sum(math.prod(s) for s in shapes.values())
     last = max(len(names) - 1, 1)
+    log_density = math.log(density)
     rows = []
     for index, name in enumerate(names):
         shape = list(shapes[name])
         kernel = math.prod(shape[2:])
-        rows.append([index / last, float(index == 0), float(index == len(names) - 1),
-                     math.log(math.prod(shape[1:])), math.log(shape[0] * kernel), math.log(kernel),
-                     math.log(math.prod(shape) / total), float(len(shape) > 2), math.log(density)])
+        is_last, log_fan_in, log_share = float(index == len(names) - 1), math.log(math.prod(shape[1:])), \
+            math.log(math.prod(shape) / total)
+        rows.append([index / last, float(index == 0), is_last, log_fan_in, math.log(shape[0] * kernel), math.log(kernel),
+                     log_share, float(len(shape) > 2), log_density, log_density * log_share, log_density * is_last,
+                     log_density * log_fan_in])
     return torch.tensor(rows, dtype=torch.float32)
 
 

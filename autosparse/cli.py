@@ -174,9 +174,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     from .orchestration.store import StageStore
-    from .orchestration.tracking import default_tracking_uri
+    from .orchestration.tracking import ARTIFACTS_FOLDER, default_tracking_uri, relocate_artifacts
 
-    uri = default_tracking_uri(StageStore(args.workspace).local)
+    store = StageStore(args.workspace)
+    uri = default_tracking_uri(store.local)
+    relocate_artifacts(uri, store.uri(ARTIFACTS_FOLDER))
     print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C to stop)")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,

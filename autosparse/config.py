@@ -12,14 +12,16 @@ import yaml
 
 from .data.base import DEFAULT_DATA_ROOT
 from .features import all_feature_names
-from .schema import ConfigError, check, check_partial, from_dict, set_dotted, to_dict
+from .schema import ConfigError, check, check_partial, from_dict, set_dotted
 
 # Scale-free features (standardized within the layer or over the whole model). Layer constants such as
 # depth or fan-in let a scorer fitted on a few layers of one model extrapolate badly to another model.
 TRANSFERABLE_FEATURES = ["w0_z", "g0_z", "log_snip_z", "synflow_z", "log_abs_w0_gz", "log_snip_gz", "synflow_gz"]
-# The conditional scorer's default inputs: the masked network's saliencies, connectivity and layer context.
-CONDITIONAL_FEATURES = ["log_abs_w0_z", "log_snip_z", "synflow_z", "log_snip_gz", "synflow_gz", "in_unit_kept",
-                        "out_unit_kept", "log_layer_density", "log_density", "depth", "log_layer_share"]
+# The conditional scorer's default inputs, all within-layer: the masked network's magnitude, SNIP and SynFlow
+# ranks and the kept share of the weight's input and output units. Chosen leave-one-source-out over the
+# benchmark's sources: adding model-wide and layer-level features (depth, layer share and density) made
+# transfer worse (BENCHMARKS.md, "Choosing the AutoS design").
+CONDITIONAL_FEATURES = ["log_abs_w0_z", "log_snip_z", "synflow_z", "in_unit_kept", "out_unit_kept"]
 CONDITIONAL_STEPS = 20
 
 
@@ -185,9 +187,10 @@ class ScorerConfig:
 @dataclass
 class AllocatorConfig:
     """The learned layer allocation (`@alloc:learned`): layer context and global density -> layer density,
-    fitted on every (layer, round) of the IRP chains a target may learn from."""
+    fitted on every (layer, round) of the IRP chains a target may learn from. No hidden layers (a linear
+    model on the context and its interactions with the density) is the default: chosen leave-one-source-out."""
 
-    hidden: list[int] = field(default_factory=lambda: [32, 32])
+    hidden: list[int] = field(default_factory=list)
     lr: float = 3e-3
     weight_decay: float = 1e-4
     epochs: int = 1500
@@ -309,10 +312,6 @@ def load_config(name_or_path: str = "quickstart", overrides: list[str] = ()) -> 
         return from_dict(PipelineConfig, data, where="config")
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
-
-
-def dump_config(config: PipelineConfig) -> str:
-    return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
 # ---------------------------------------------------------------- Tune search spaces over ScorerConfig

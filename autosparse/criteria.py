@@ -24,6 +24,7 @@ Batch = tuple[Tensor, Tensor]
 Scores = dict[str, Tensor]
 GRASP_TEMPERATURE = 200.0
 SYNFLOW_ROUNDS = 100
+ITERATIVE_SNIP_STEPS = 20
 
 
 class ScoringError(UserError):
@@ -190,6 +191,15 @@ def snip_scores(context: ScoringContext) -> Scores:
     """SNIP (Lee et al. 2019): |w * dL/dw| of the (masked) network on the given batches."""
     grads = loss_gradients(context.model, context.batches)
     return {n: (p * grads[n]).detach().abs() for n, p in prunable_parameters(context.model).items()}
+
+
+@criterion("iter_snip", needs_data=True, default_steps=ITERATIVE_SNIP_STEPS)
+def iterative_snip_scores(context: ScoringContext) -> Scores:
+    """Iterative SNIP (de Jorge et al. 2021, "Progressive Skeletonization: Trimming more fat from a network
+    at initialization", ICLR): SNIP's |w * dL/dw| re-scored on the network pruned so far, in 20 steps of an
+    exponential schedule, without resurrecting pruned weights (their FORCE variant would; not implemented).
+    The same as `snip/iter20`."""
+    return snip_scores(context)
 
 
 @criterion("grasp", needs_data=True, constants={"temperature": GRASP_TEMPERATURE})

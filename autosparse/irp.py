@@ -66,10 +66,6 @@ def density_after(rounds: int, prune_fraction: float) -> float:
     return (1.0 - prune_fraction) ** rounds
 
 
-def kept_after(total: int, rounds: int, prune_fraction: float) -> int:
-    return round(density_after(rounds, prune_fraction) * total)
-
-
 def clone_state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
 

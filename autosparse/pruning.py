@@ -185,10 +185,10 @@ def prune(
     keep = keep_count(sum(sizes.values()), density)
     final = fixed_counts(allocation, net, density, batches, seed, input_shape)
     mask = Mask.dense(net)
-    for step in range(1, steps + 1):
+    for step, scheduled in enumerate(step_densities(density, steps), start=1):
         scores = exclude_pruned(function(ScoringContext(net, batches, seed, input_shape, mask)), mask, invert)
         if final is None:
-            step_keep = keep if step == steps else max(keep, round(density ** (step / steps) * sum(sizes.values())))
+            step_keep = keep if step == steps else max(keep, round(scheduled * sum(sizes.values())))
             counts = global_counts(scores, step_keep)
         else:
             counts = step_counts(sizes, final, step, steps)

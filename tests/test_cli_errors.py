@@ -8,11 +8,7 @@ import yaml
 
 from autosparse.cli import main
 
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "bad.yaml"
-    path.write_text(text)
-    return path
+from helpers import write_file
 
 
 def smoke_with(tmp_path: Path, mutate) -> Path:
@@ -20,7 +16,7 @@ def smoke_with(tmp_path: Path, mutate) -> Path:
 
     data = yaml.safe_load(resolve_config_path("smoke").read_text())
     mutate(data)
-    return write(tmp_path, yaml.safe_dump(data))
+    return write_file(tmp_path, yaml.safe_dump(data), "bad.yaml")
 
 
 def run_and_fail(capsys, tmp_path: Path, *args: str) -> str:
@@ -67,7 +63,7 @@ def test_unknown_key_names_the_file(capsys, tmp_path):
 
 
 def test_malformed_yaml(capsys, tmp_path):
-    path = write(tmp_path, "name: x\nmatrix: [unclosed\n")
+    path = write_file(tmp_path, "name: x\nmatrix: [unclosed\n", "bad.yaml")
     assert "malformed YAML" in run_and_fail(capsys, tmp_path, "run", str(path))
 
 

@@ -10,19 +10,12 @@ from autosparse import CRITERIA, UserError, prunable_parameters
 from autosparse.criteria import GRASP_TEMPERATURE, synflow_scores
 from autosparse.masks import Mask, masked_copy
 
+from helpers import two_layer_net
+
 
 def single_linear(dtype=torch.float32) -> nn.Linear:
     torch.manual_seed(0)
     return nn.Linear(3, 2, bias=False).to(dtype)
-
-
-def two_layer_net() -> nn.Sequential:
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(3, 2, bias=False), nn.Linear(2, 2, bias=False))
-    with torch.no_grad():  # mixed signs, so that the |.| in SynFlow matters
-        net[0].weight.copy_(torch.tensor([[0.5, -1.0, 2.0], [-0.25, 0.75, -1.5]]))
-        net[1].weight.copy_(torch.tensor([[1.0, -2.0], [-0.5, 3.0]]))
-    return net
 
 
 def batch(size=5, features=3, classes=2, seed=0, dtype=torch.float32):

@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,16 +17,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO
+from helpers import free_port
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
-OVERRIDES = ["--set", "matrix.sparsities=[0.95]", "--set", "matrix.methods=[snip, synflow]"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+OVERRIDES = ["--set", "matrix.sparsities=[0.95]", "--set", "matrix.methods=[snip, synflow, autos:paper]"]
 
 
 @pytest.fixture
@@ -97,8 +91,8 @@ def test_submit_smoke_then_resubmit(ray_head, smoke_workspace_copy: Path) -> Non
     assert status == "SUCCEEDED", logs[-4000:]
     assert "### mlp/digits" in logs
     cells = [p for p in (workspace / "cell").iterdir()]
-    ran = int(re.search(r"stages run this time: irp: 0, scorer: 0, cell: (\d+)", logs).group(1))
-    assert ran == len(cells) - len(before) == 20
+    ran = int(re.search(r"stages run this time: irp: 0, scorer: 0, allocator: 0, cell: (\d+)", logs).group(1))
+    assert ran == len(cells) - len(before) == 12  # per target: snip, synflow, autos:paper and its 3 variants
     client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("autosparse-smoke")
     runs = client.search_runs([experiment.experiment_id], "tags.stage = 'cell'", max_results=1000)
@@ -106,4 +100,4 @@ def test_submit_smoke_then_resubmit(ray_head, smoke_workspace_copy: Path) -> Non
 
     status, logs = submit(address, env, workspace)
     assert status == "SUCCEEDED", logs[-4000:]
-    assert "stages run this time: irp: 0, scorer: 0, cell: 0" in logs
+    assert "stages run this time: irp: 0, scorer: 0, allocator: 0, cell: 0, report: 0" in logs

@@ -10,11 +10,7 @@ import autosparse
 from autosparse import Mask, apply_mask, prunable_parameters
 from autosparse.masks import MaskError
 
-
-
-def two_layer_net() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(3, 2, bias=False), nn.Linear(2, 2, bias=False))
+from helpers import two_layer_net
 
 
 class Nested(nn.Module):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +15,9 @@ from autosparse import UserError
 from autosparse.orchestration.store import MARKER, StageStore
 
 from conftest import REPO, kill_tree, run_cli
+from helpers import free_port
 
 BUCKET = "autosparse-test"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

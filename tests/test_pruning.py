@@ -186,3 +186,10 @@ def test_learned_allocation_needs_an_allocator():
 def test_prune_rejects_zero_steps():
     with pytest.raises(UserError, match="steps"):
         autosparse.prune(small_net(), 0.9, "snip", data(), steps=0)
+
+
+def test_iter_snip_is_snip_in_twenty_steps():
+    model, batch = small_net(3), data(1)
+    registered = autosparse.prune(model, 0.97, "iter_snip", batch)
+    spelled_out = autosparse.prune(model, 0.97, "snip", batch, steps=20)
+    assert all(torch.equal(registered[n], spelled_out[n]) for n in registered)

@@ -22,9 +22,11 @@ from autosparse.scorer import SCORER_NETWORKS, ScorerFormatError, fit_scorer, lo
 from autosparse.scorer.fit import (Normalization, split_parts, targets_for, to_part, train_network,
                                    validation_layers)
 from autosparse.scorer.losses import SCORER_LOSSES
-from autosparse.scorer.metrics import (layer_density_error, round_for_density, spearman, top_k_iou,
+from autosparse.scorer.metrics import (layer_density_error, round_for_density, spearman,
                                        within_layer_iou)
 from autosparse.survival import SurvivalDataset
+
+from helpers import write_file
 
 FEATURES = ["w0_z", "g0_z"]  # real feature names, so a fitted scorer can score real models
 ROUNDS, FRACTION = 3, 0.5
@@ -96,19 +98,6 @@ def test_spearman_with_tied_survival_uses_average_ranks():
 @pytest.mark.filterwarnings("ignore::scipy.stats.ConstantInputWarning")
 def test_spearman_of_a_constant_prediction_is_zero_not_nan():
     assert spearman(torch.zeros(5), torch.tensor([0, 1, 2, 3, 3])) == 0.0
-
-
-def test_top_k_iou_hand_computed():
-    survival = torch.tensor([3, 3, 2, 0, 0, 1])
-    # kept = {0, 1}; the scorer's top 2 = {0, 2}: intersection 1, union 3
-    predicted = torch.tensor([0.9, 0.1, 0.8, 0.2, 0.3, 0.4])
-    assert top_k_iou(predicted, survival, 3) == pytest.approx(1 / 3)
-    assert top_k_iou(survival.float(), survival, 3) == 1.0
-    assert top_k_iou(-survival.float(), survival, 3) == 0.0
-    # kept at >= 1: {0, 1, 2, 5}; top 4 of `predicted` = {0, 2, 5, 4}: 3 / 5
-    assert top_k_iou(predicted, survival, 1) == pytest.approx(3 / 5)
-    assert top_k_iou(torch.zeros(6), survival, 3) == 1.0  # ties break by position: {0, 1}
-    assert math.isnan(top_k_iou(predicted, survival, 4))
 
 
 def test_round_for_density():
@@ -465,9 +454,7 @@ def test_truncated_scorer_file(saved, tmp_path):
 
 
 def test_non_safetensors_file(tmp_path):
-    target = tmp_path / "notes.safetensors"
-    target.write_text("definitely not a scorer")
-    assert_scorer_error(target, "not a readable scorer file")
+    assert_scorer_error(write_file(tmp_path, "definitely not a scorer", "notes.safetensors"), "not a readable scorer file")
 
 
 def test_foreign_safetensors_file(tmp_path):

@@ -13,6 +13,8 @@ from autosparse import UserError
 from autosparse.survival import (FORMAT, FORMAT_VERSION, METADATA_KEY, RoundFeatures, SurvivalDataset,
                                  SurvivalFormatError, read_metadata, read_survival, write_survival)
 
+from helpers import write_file
+
 NAMES = ["w0", "g0_z"]
 LAYERS = ["features.0.weight", "head.weight"]
 SURVIVAL = {"features.0.weight": torch.tensor([0, 1, 2, 3, 3, 2, 1, 0], dtype=torch.int16).view(2, 1, 2, 2),
@@ -160,15 +162,12 @@ def test_parquet_file_of_another_format(tmp_path):
 
 
 def test_non_parquet_file(tmp_path):
-    path = tmp_path / "notes.parquet"
-    path.write_text("layer,position,survival\nhead.weight,0,3\n")
-    assert_format_error(path, "truncated or foreign")
+    assert_format_error(write_file(tmp_path, "layer,position,survival\nhead.weight,0,3\n", "notes.parquet"),
+                        "truncated or foreign")
 
 
 def test_empty_file(tmp_path):
-    path = tmp_path / "empty.parquet"
-    path.write_bytes(b"")
-    assert_format_error(path, "truncated or foreign")
+    assert_format_error(write_file(tmp_path, b"", "empty.parquet"), "truncated or foreign")
 
 
 def test_missing_file(tmp_path):

@@ -50,9 +50,11 @@ def applies_variants(method: MethodSpec, variant_methods: Optional[list[str]]) -
 
 
 def cell_job(spec: CellSpec, inputs: tuple[str, ...], extras: dict) -> Job:
-    method = spec.method.split(":")[0].split("/")[0].split("@")[0]
-    tags = {"target.model": spec.target.model, "target.dataset": spec.target.dataset, "method": method,
-            "method.label": spec.label, "variant": spec.variant, "sparsity": spec.sparsity, "seed": spec.seed}
+    method = MethodSpec.parse(spec.method) if spec.method != DENSE else None
+    tags = {"target.model": spec.target.model, "target.dataset": spec.target.dataset, "method": spec.method,
+            "criterion": method.criterion.split(":")[0] if method else DENSE,
+            "scorer.name": method.scorer_name if method else None, "allocation": method.allocation if method else None,
+            "label": spec.label, "variant": spec.variant, "sparsity": spec.sparsity, "seed": spec.seed}
     return Job("cell", spec, inputs, f"{spec.target.pair} {spec.label} s={spec.sparsity} seed={spec.seed}", extras, tags)
 
 

@@ -15,7 +15,21 @@ from ..schema import ConfigError, content_hash, non_default
 from ..scorer import SCORER_NETWORKS
 from .stage import STAGES, Job, Runner, ordered_stages
 from .store import StageStore
-from .tracking import Tracker, default_tracking_uri, params_of
+from .tracking import ARTIFACTS_FOLDER, Tracker, default_tracking_uri, params_of
+
+EXPERIMENT_DESCRIPTION = """autosparse pipeline `{name}`: learned pruning at initialization, one child run per job.
+
+- `tags.stage = 'cell'`: one target network pruned by one method at one sparsity and seed, then trained.
+  Tags: `target.model`, `target.dataset`, `method` (as in the config, e.g. `snip/iter20@alloc:learned`),
+  `criterion`, `allocation`, `label` (method plus sanity variant), `variant`, `sparsity`, `seed`.
+  Metrics: `test_accuracy`, `sparsity`, `density`, `collapsed_layers`, per-epoch `epoch_train_loss`.
+  `method = 'dense'` cells are the dense references.
+- `tags.stage = 'irp'`: IRP chains (`role` source or reference; references carry `target.*` tags).
+- `tags.stage = 'scorer'` / `'allocator'`: what AutoS learned, from which `sources`.
+- The parent run holds the report (tables, plots) and the summary as metrics (`mean.<target>.<label>.<sparsity>`).
+
+Compare methods: filter `tags.stage = 'cell' and tags.`target.dataset` = 'digits' and metrics.sparsity >= 0.98`,
+group by `method`, show `test_accuracy`; the compare page plots several runs' curves side by side."""
 
 
 def validate_names(config: PipelineConfig) -> None:
@@ -76,6 +90,7 @@ class Pipeline:
         self.jobs: dict[str, list[Job]] = {}
         for stage in ordered_stages():
             self.jobs[stage.kind] = stage.plan(config, self.jobs)
+        self.kind_of = {job.digest: kind for kind, jobs in self.jobs.items() for job in jobs}
         self.tracker: Optional[Tracker] = None
 
     def connect_tracking(self) -> Tracker:
@@ -83,7 +98,8 @@ class Pipeline:
         if self.tracker is None:
             self.tracker = Tracker(self.tracking_uri, f"autosparse-{self.config.name}", self.digest,
                                    params_of(self.config), {"pipeline.name": self.config.name},
-                                   artifact_root=self.store.uri("mlflow-artifacts"))
+                                   artifact_root=self.store.uri(ARTIFACTS_FOLDER),
+                                   description=EXPERIMENT_DESCRIPTION.format(name=self.config.name))
         return self.tracker
 
     def ensure_ray(self) -> None:
@@ -160,6 +176,12 @@ class Pipeline:
         if not self.tracker.has_stage(job.digest):
             tracked = stage.track(job, record, self.store)
             if tracked is not None:
+                tracked.start_ms = tracked.start_ms or int(record.get("started", 0) * 1000) or None
+                tracked.end_ms = tracked.end_ms or int(record.get("finished", 0) * 1000) or None
+                for digest in job.inputs:  # link the runs this job read (its scorer, allocator, chains)
+                    kind, run_id = self.kind_of.get(digest), self.tracker.run_id_of(digest)
+                    if kind and run_id:
+                        tracked.tags[f"{kind}.run_id"] = run_id
                 self.tracker.log_stage(job.digest, tracked)
         parent = stage.parent_logging(job, record, self.store)
         if parent is not None:

@@ -8,6 +8,7 @@ module with one `@register_stage` class (imported in `orchestration/__init__.py`
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -162,9 +163,11 @@ def execute_job(job_data: dict, workspace: str, data_config: dict, threads: int 
     store = StageStore(workspace)
     if store.done(job.kind, job.digest):
         return store.record(job.kind, job.digest)
+    started = time.time()
     with store.writing(job.kind, job.digest) as (folder, record):
         record.update({"label": job.label, "config": to_dict(job.config), "inputs": list(job.inputs),
-                       **stage.execute(job, folder, store, from_dict(DataConfig, data_config))})
+                       **stage.execute(job, folder, store, from_dict(DataConfig, data_config)),
+                       "started": started, "finished": time.time()})
     return store.record(job.kind, job.digest)
 
 

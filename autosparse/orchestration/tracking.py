@@ -12,6 +12,7 @@ from ..schema import flatten
 if TYPE_CHECKING:
     from .stage import TrackedRun
 
+ARTIFACTS_FOLDER = "mlflow-artifacts"
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 PARAM_LIMIT = 6000
@@ -23,6 +24,38 @@ class TrackingUnavailableError(UserError):
 
 def default_tracking_uri(workspace: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace / 'mlflow.db'}"
+
+
+def relocate_artifacts(uri: str, root: str) -> int:
+    """Point experiments whose artifacts live in a workspace's `mlflow-artifacts` folder at `root`.
+
+    A SQLite store keeps absolute artifact locations; after a workspace was moved or copied, this rewrites
+    them (experiments and runs) to the workspace's own folder. Returns how many experiments moved.
+    """
+    import sqlite3
+
+    if not uri.startswith("sqlite:///") or not os.path.isfile(uri[len("sqlite:///"):]):
+        return 0
+    connection = sqlite3.connect(uri[len("sqlite:///"):])
+    moved = 0
+    try:
+        with connection:
+            for experiment_id, location in connection.execute(
+                    "SELECT experiment_id, artifact_location FROM experiments").fetchall():
+                old = (location or "").rstrip("/")
+                if not old.endswith("/" + ARTIFACTS_FOLDER) or old == root.rstrip("/"):
+                    continue
+                connection.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                                   (root, experiment_id))
+                connection.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                                   "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                                   (root.rstrip("/"), len(old) + 1, experiment_id, len(old), old))
+                moved += 1
+    except sqlite3.DatabaseError:
+        return 0  # not an MLflow store (yet): nothing to move
+    finally:
+        connection.close()
+    return moved
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:
@@ -49,6 +82,8 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
+        if artifact_root:
+            relocate_artifacts(uri, artifact_root)
         self.client = MlflowClient(tracking_uri=uri)
         try:
             found = self.client.get_experiment_by_name(experiment)
@@ -67,10 +102,10 @@ class Tracker:
                                          tags={"pipeline.hash": pipeline_hash, "autosparse.kind": "pipeline", **tags})
             self.parent_id = run.info.run_id
             self._log_params(self.parent_id, params)
-        self._logged = set()
+        self._logged: dict[str, str] = {}
         for run in self._search("tags.`autosparse.kind` = 'stage'"):
             if run.info.status == "FINISHED":
-                self._logged.add(run.data.tags["stage.hash"])
+                self._logged[run.data.tags["stage.hash"]] = run.info.run_id
             else:  # half-logged by a driver that was killed: log the stage again from scratch
                 self.client.delete_run(run.info.run_id)
 
@@ -110,12 +145,12 @@ class Tracker:
         for file_name, text in tracked.texts.items():
             self.client.log_text(run_id, text, file_name)
         self.client.set_terminated(run_id, end_time=tracked.end_ms or now_ms())
-        self._logged.add(digest)
+        self._logged[digest] = run_id
         return run_id
 
     def run_id_of(self, digest: str) -> Optional[str]:
-        found = self._search(f"tags.`stage.hash` = '{digest}'")
-        return found[0].info.run_id if found else None
+        """The child run of a logged job."""
+        return self._logged.get(digest)
 
     def log_parent(self, tracked: "TrackedRun") -> None:
         """Artifacts and metrics of the pipeline's parent run (a summary logged again replaces the last)."""

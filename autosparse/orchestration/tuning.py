@@ -21,7 +21,7 @@ from ..survival import read_survival
 from .irp_stage import ensure_chains, reference_chains, source_chains, survival_path
 from .stage import Runner, TrackedRun
 from .store import StageStore
-from .tracking import Tracker, default_tracking_uri, params_of
+from .tracking import ARTIFACTS_FOLDER, Tracker, default_tracking_uri, params_of
 
 BEST_CONFIG_FILE = "best_scorer.yaml"
 BEST_SCORER_FILE = "best_scorer.safetensors"
@@ -128,7 +128,7 @@ def run_tuning(request: TuneRequest) -> TuneResult:
     experiment = f"autosparse-tune-{base.name}"
     tracker = Tracker(uri, experiment, digest, params_of(space), {"pipeline.name": base.name,
                                                                   "tune.space": request.space_path},
-                      artifact_root=store.uri("mlflow-artifacts"))
+                      artifact_root=store.uri(ARTIFACTS_FOLDER))
     status = "FAILED"
     try:
         runner = Runner(store, base.data, base, lambda: init_ray(request.ray_address, verbose=request.verbose),

@@ -30,17 +30,6 @@ def round_for_density(density: float, prune_fraction: float) -> int:
     return max(1, round(math.log(density) / math.log(1.0 - prune_fraction)))
 
 
-def top_k_iou(predicted: Tensor, survival: Tensor, min_survival: int) -> float:
-    """IoU between IRP's kept set {survival >= min_survival} and the scorer's top-k of the same size."""
-    kept = survival >= min_survival
-    k = int(kept.sum())
-    if k == 0:
-        return float("nan")
-    chosen = torch.zeros_like(kept)
-    chosen[torch.argsort(predicted, descending=True, stable=True)[:k]] = True
-    return int((chosen & kept).sum()) / int((chosen | kept).sum())
-
-
 def within_layer_iou(predicted: Tensor, kept: Tensor, layer_index: Tensor) -> float:
     """Pooled IoU when each layer keeps its top-|kept ∩ layer| predictions (NaN when nothing is kept)."""
     intersection = union = 0

@@ -1,0 +1,81 @@
+"""The report on synthetic records: mean ± std, 'did not train' apart from 'collapsed', anchors, margins."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from autosparse.config import TrainConfig
+from autosparse.report import (FLAG_COLLAPSED, FLAG_UNTRAINED, IRP_LABEL, CellRecord, ReportContext, margins,
+                               markdown_table, regenerate_reports, summarize, summary_metrics, write_report)
+
+
+def record(target="mlp/digits", label="snip", sparsity=0.9, seed=0, accuracy=0.9, collapsed=(), initial=2.3,
+           final=0.2, classes=10, variant=None) -> CellRecord:
+    method = label.split("+")[0]
+    return CellRecord(target, label, method, variant, sparsity, seed, accuracy, {"a": 0.1}, list(collapsed), initial,
+                      final, classes)
+
+
+def test_did_not_train_flags_stuck_loss_or_chance_accuracy_without_collapse():
+    assert not record().did_not_train()
+    assert record(final=2.2).did_not_train()  # 2.2 >= 0.9 * 2.3: the loss barely moved
+    assert record(accuracy=0.11).did_not_train()  # chance on 10 classes (1.5 x 10% is the bar)
+    assert not record(accuracy=0.16).did_not_train()
+    collapsed = record(accuracy=0.1, final=2.3, collapsed=["a"])
+    assert not collapsed.did_not_train() and collapsed.collapsed  # a bad mask, not a short budget
+    assert not record(label="dense", accuracy=0.98).did_not_train()
+
+
+def test_table_marks_collapsed_and_untrained_cells_apart():
+    records = [record(seed=0), record(seed=1, accuracy=0.8),
+               record(label="magnitude", accuracy=0.1, final=2.3, collapsed=["a"]),
+               record(label="random", accuracy=0.1, final=2.3)]
+    table = markdown_table(summarize(records))
+    assert "| snip | 85.0 ± 7.1 |" in table  # mean ± sample std of 90 and 80
+    assert f"| magnitude | 10.0 ± 0.0 {FLAG_COLLAPSED}1 |" in table
+    assert f"| random | 10.0 ± 0.0 {FLAG_UNTRAINED}1 |" in table
+
+
+def test_dense_reference_beside_its_anchor_and_marked_when_short():
+    good = [record(target="conv1d/mnist1d", label="dense", sparsity=0.0, accuracy=0.95)]
+    table = markdown_table(summarize(good))
+    assert "published dense reference: 94.0%" in table and "below its anchor" not in table
+    short = [record(target="mlp/mnist1d", label="dense", sparsity=0.0, accuracy=0.55)]
+    table = markdown_table(summarize(short))
+    assert "### mlp/mnist1d (dense reference below its anchor)" in table
+    assert "published dense reference: 68.0%" in table and "more than 3 points below it" in table
+    no_anchor = markdown_table(summarize([record(label="dense", sparsity=0.0)]))
+    assert "published" not in no_anchor
+
+
+def test_published_sparse_numbers_are_printed_for_their_rows():
+    records = [record(target="resnet18/cifar10", label="snip", sparsity=0.99)]
+    assert "snip 90.8% at 99%" in markdown_table(summarize(records))
+
+
+def test_autos_margin_over_the_best_control_and_gap_to_irp():
+    records = [record(label="snip", accuracy=0.80), record(label="synflow", accuracy=0.85),
+               record(label="synflow+shuffle", accuracy=0.95, variant="shuffle"),  # a variant is no control
+               record(label="autos:c@alloc:learned", accuracy=0.88),
+               CellRecord("mlp/digits", IRP_LABEL, "irp", None, 0.9, 0, 0.97, {}, [], irp_density=0.1)]
+    (margin,) = margins(summarize(records), records)
+    assert margin.best.label == "synflow"
+    assert margin.over_best == pytest.approx(0.03) and margin.to_irp == pytest.approx(-0.09)
+    metrics = summary_metrics(records)
+    assert metrics["autos_minus_best_control.mlp/digits.autos:c_alloc:learned.0.9"] == pytest.approx(0.03)
+    assert metrics["mean.mlp/digits.snip.0.9"] == pytest.approx(0.8)
+
+
+def test_report_files_state_the_recipe_and_regenerate(tmp_path):
+    records = [record(), record(seed=1), record(label="dense", sparsity=0.0, accuracy=0.98)]
+    context = ReportContext({"mlp/digits": TrainConfig(epochs=60, batch_size=64, lr=0.1)}, {})
+    folder = tmp_path / "report" / "abc"
+    table, files = write_report(records, folder, "t", context)
+    text = (folder / "report.md").read_text()
+    assert "## Recipes" in text and "| mlp/digits | 60 | 64 | sgd (momentum 0.9) | 0.1 | cosine |" in text
+    assert "rescales" in text
+    assert {f.name for f in files} >= {"report.md", "results.csv", "records.json", "accuracy_vs_sparsity.png"}
+    ((path, again),) = regenerate_reports(tmp_path)
+    assert path == folder and again == table
+    assert math.isfinite(summarize(records)[0].mean)

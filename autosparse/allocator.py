@@ -7,28 +7,23 @@ at least one weight per layer). Saved as safetensors with a JSON header, like th
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .allocation import Counts, counts_from_densities, keep_count
 from .config import AllocatorConfig
 from .errors import UserError
-from .io import atomic_write, read_header
+from .io import load_network_file, save_network_file
 from .scorer.networks import MLPScorer
 from .survival import SurvivalDataset
 
 FORMAT = "autosparse.allocator"
 FORMAT_VERSION = 1
-HEADER_KEY = "autosparse"
 CONTEXT = ["depth", "is_first", "is_last", "log_fan_in", "log_fan_out", "log_kernel_size", "log_layer_share",
            "layer_kind", "log_density", "log_density*log_layer_share", "log_density*is_last", "log_density*log_fan_in"]
 EVALUATION_DENSITIES = (0.05, 0.02, 0.01)
@@ -107,10 +102,7 @@ class Allocator:
         return counts_from_densities(sizes, dict(zip(sizes, ratios)), keep_count(sum(sizes.values()), density))
 
     def save(self, path: str | os.PathLike) -> None:
-        tensors = {f"network.{k}": v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
-        tensors.update({"normalization.mean": self.mean.contiguous(), "normalization.std": self.std.contiguous()})
-        metadata = {HEADER_KEY: json.dumps({**self.header, "format": FORMAT, "format_version": FORMAT_VERSION})}
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        save_network_file(path, self.network.state_dict(), self.mean, self.std, self.header, FORMAT, FORMAT_VERSION)
 
 
 def _train(datasets: Sequence[SurvivalDataset], config: AllocatorConfig) -> Allocator:
@@ -171,24 +163,11 @@ def fit_allocator(datasets: Sequence[SurvivalDataset], config: AllocatorConfig) 
 
 def load_allocator(path: str | os.PathLike) -> Allocator:
     """Load and validate an allocator file; clear errors for foreign, truncated or incompatible files."""
-    path = Path(path)
-    if not path.is_file():
-        raise AllocatorFormatError(f"allocator file {str(path)!r} does not exist")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            raw = (handle.metadata() or {}).get(HEADER_KEY)
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise AllocatorFormatError(f"{str(path)!r} is not a readable allocator file (truncated or foreign: "
-                                   f"{str(error).splitlines()[0]})") from None
-    header = read_header(raw, path, AllocatorFormatError, FORMAT, FORMAT_VERSION, "safetensors file", "allocator")
+    header, state, mean, std = load_network_file(path, AllocatorFormatError, FORMAT, FORMAT_VERSION, "allocator")
     if header.get("context") != CONTEXT:
         raise AllocatorFormatError(f"{str(path)!r} uses layer context {header.get('context')}, "
                                    f"this autosparse computes {CONTEXT}")
     network = MLPScorer(len(CONTEXT), header["hidden"], batch_norm=False)
-    network.load_state_dict({k[len("network."):]: v for k, v in tensors.items() if k.startswith("network.")})
+    network.load_state_dict(state)
     network.eval()
-    return Allocator(network, tensors["normalization.mean"], tensors["normalization.std"],
-                     {k: v for k, v in header.items() if k not in ("format", "format_version")})
+    return Allocator(network, mean, std, header)

@@ -28,7 +28,7 @@ def _workspace(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", default=os.environ.get("AUTOSPARSE_WORKSPACE", DEFAULT_WORKSPACE),
                         help=f"stage outputs, reports and the MLflow store: a folder or an object-store URI "
                              f"(default: {DEFAULT_WORKSPACE})")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show Ray and MLflow logs, and tracebacks of bugs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more output: Ray and MLflow logs where they run, and the traceback of a bug")
 
 
 def _cluster(parser: argparse.ArgumentParser) -> None:
@@ -113,13 +113,18 @@ def _quiet(verbose: bool) -> None:
         warnings.filterwarnings("ignore")
 
 
+def run_options(args: argparse.Namespace):
+    from .orchestration.runtime import RunOptions
+
+    return RunOptions(args.ray_address, args.tracking_uri, args.verbose, not args.no_progress)
+
+
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from .config import load_config
     from .orchestration.pipeline import Pipeline
 
     config = load_config(args.config, args.overrides)
-    pipeline = Pipeline(config, args.workspace, ray_address=args.ray_address, tracking_uri=args.tracking_uri,
-                        verbose=args.verbose, progress=not args.no_progress)
+    pipeline = Pipeline(config, args.workspace, run_options(args))
     result = pipeline.run(args.through, tuple(args.force))
     if result.table:
         print(result.table)
@@ -195,8 +200,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from .tuning_space import load_space
 
     request = TuneRequest(space=load_space(args.space), space_path=args.space, base=load_config(args.base),
-                          workspace=args.workspace, ray_address=args.ray_address, tracking_uri=args.tracking_uri,
-                          verbose=args.verbose, progress=not args.no_progress)
+                          workspace=args.workspace, options=run_options(args))
     result = run_tuning(request)
     print(result.table)
     print(f"best config: {result.best_config}\nbest scorer: {result.best_scorer}")

@@ -74,8 +74,9 @@ class DataConfig:
         _positive(self.score_batch_size, "score_batch_size")
 
 
-@dataclass
-class ModelOnData:
+class Pair:
+    """Mixin for configs with `model` and `dataset`: the pair as one string, `model/dataset`."""
+
     model: str
     dataset: str
 
@@ -85,16 +86,18 @@ class ModelOnData:
 
 
 @dataclass
-class SourceConfig:
+class ModelOnData(Pair):
+    model: str
+    dataset: str
+
+
+@dataclass
+class SourceConfig(Pair):
     """One IRP source: a model trained on a dataset with an init seed."""
 
     model: str = "conv"
     dataset: str = "digits"
     seed: int = 0
-
-    @property
-    def pair(self) -> str:
-        return f"{self.model}/{self.dataset}"
 
 
 @dataclass
@@ -124,7 +127,7 @@ class IRPConfig:
 
 
 @dataclass
-class IRPChainConfig:
+class IRPChainConfig(Pair):
     """One IRP chain as a stage: the settings, the (model, dataset, seed) it runs on, the resolved
     training recipe, and the feature batch size. Everything that changes its output is here."""
 
@@ -134,10 +137,6 @@ class IRPChainConfig:
     irp: IRPConfig
     train: TrainConfig
     score_batch_size: int = 256
-
-    @property
-    def pair(self) -> str:
-        return f"{self.model}/{self.dataset}"
 
 
 @dataclass

@@ -149,96 +149,57 @@ def synflow(ctx: FeatureContext) -> dict[str, Tensor]:
     return {n: s.float() for n, s in ctx.synflow.items()}
 
 
-@feature("depth")
-def depth(ctx: FeatureContext) -> dict[str, Tensor]:
-    """Relative depth of the layer: 0 for the first prunable layer, 1 for the last."""
-    last = max(len(ctx.params) - 1, 1)
-    return ctx.layer_constant(lambda i, n, p: i / last)
+def register_layer_constant(name: str, value: Callable[[int, int, Tensor, int], float], doc: str) -> None:
+    """A feature constant over a layer: value(index, number of layers, weight, total prunable weights)."""
+    def compute(ctx: FeatureContext) -> dict[str, Tensor]:
+        total = sum(p.numel() for p in ctx.params.values())
+        return ctx.layer_constant(lambda i, n, p: value(i, len(ctx.params), p, total))
+
+    FEATURES.register(name)(Feature(name, 1, compute, doc))
 
 
-@feature("log_fan_in")
-def log_fan_in(ctx: FeatureContext) -> dict[str, Tensor]:
-    """log(fan-in): input features (times kernel size for convolutions)."""
-    return ctx.layer_constant(lambda i, n, p: math.log(_fan_in(p)))
+def register_standardized(name: str, values: Callable[[FeatureContext], dict[str, Tensor]], log: bool,
+                          over_model: bool, doc: str) -> None:
+    """A feature standardized over each layer's kept weights, or (`over_model`, always logged) over all."""
+    def compute(ctx: FeatureContext) -> dict[str, Tensor]:
+        return ctx.over_model(values(ctx)) if over_model else ctx.within_layer(values(ctx), log)
+
+    FEATURES.register(name)(Feature(name, 1, compute, doc))
 
 
-@feature("log_fan_out")
-def log_fan_out(ctx: FeatureContext) -> dict[str, Tensor]:
-    """log(fan-out): output features (times kernel size for convolutions)."""
-    return ctx.layer_constant(lambda i, n, p: math.log(_fan_out(p)))
+for constant in [
+    ("depth", lambda i, n, p, total: i / max(n - 1, 1),
+     "Relative depth of the layer: 0 for the first prunable layer, 1 for the last."),
+    ("log_fan_in", lambda i, n, p, total: math.log(_fan_in(p)),
+     "log(fan-in): input features (times kernel size for convolutions)."),
+    ("log_fan_out", lambda i, n, p, total: math.log(_fan_out(p)),
+     "log(fan-out): output features (times kernel size for convolutions)."),
+    ("kernel_size", lambda i, n, p, total: float(math.prod(p.shape[2:])),
+     "Number of kernel positions (1 for linear layers)."),
+    ("log_layer_size", lambda i, n, p, total: math.log(p.numel()), "log(number of weights in the layer)."),
+    ("layer_kind", lambda i, n, p, total: float(p.dim() > 2), "0 for linear layers, 1 for convolutions."),
+    ("log_layer_share", lambda i, n, p, total: math.log(p.numel() / total),
+     "log(layer's share of all prunable weights): scale-free across model sizes."),
+]:
+    register_layer_constant(*constant)
 
-
-@feature("kernel_size")
-def kernel_size(ctx: FeatureContext) -> dict[str, Tensor]:
-    """Number of kernel positions (1 for linear layers)."""
-    return ctx.layer_constant(lambda i, n, p: float(math.prod(p.shape[2:])))
-
-
-@feature("log_layer_size")
-def log_layer_size(ctx: FeatureContext) -> dict[str, Tensor]:
-    """log(number of weights in the layer)."""
-    return ctx.layer_constant(lambda i, n, p: math.log(p.numel()))
-
-
-@feature("layer_kind")
-def layer_kind(ctx: FeatureContext) -> dict[str, Tensor]:
-    """0 for linear layers, 1 for convolutions."""
-    return ctx.layer_constant(lambda i, n, p: float(p.dim() > 2))
-
-
-@feature("log_layer_share")
-def log_layer_share(ctx: FeatureContext) -> dict[str, Tensor]:
-    """log(layer's share of all prunable weights): scale-free across model sizes."""
-    total = sum(p.numel() for p in ctx.params.values())
-    return ctx.layer_constant(lambda i, n, p: math.log(p.numel() / total))
-
-
-@feature("w0_z")
-def w0_z(ctx: FeatureContext) -> dict[str, Tensor]:
-    """w0 standardized over its layer's kept weights."""
-    return ctx.within_layer(ctx.params)
-
-
-@feature("log_abs_w0_z")
-def log_abs_w0_z(ctx: FeatureContext) -> dict[str, Tensor]:
-    """log|w0| standardized over its layer's kept weights (the within-layer magnitude rank)."""
-    return ctx.within_layer(ctx.params, log=True)
-
-
-@feature("g0_z")
-def g0_z(ctx: FeatureContext) -> dict[str, Tensor]:
-    """g0 standardized over its layer's kept weights."""
-    return ctx.within_layer(ctx.gradient)
-
-
-@feature("log_snip_z")
-def log_snip_z(ctx: FeatureContext) -> dict[str, Tensor]:
-    """log SNIP saliency, standardized over its layer's kept weights."""
-    return ctx.within_layer(ctx.snip, log=True)
-
-
-@feature("synflow_z")
-def synflow_z(ctx: FeatureContext) -> dict[str, Tensor]:
-    """log SynFlow score, standardized over its layer's kept weights."""
-    return ctx.within_layer(ctx.synflow, log=True)
-
-
-@feature("log_abs_w0_gz")
-def log_abs_w0_gz(ctx: FeatureContext) -> dict[str, Tensor]:
-    """log|w0|, standardized over all kept weights of the model."""
-    return ctx.over_model(ctx.params)
-
-
-@feature("log_snip_gz")
-def log_snip_gz(ctx: FeatureContext) -> dict[str, Tensor]:
-    """log SNIP saliency, standardized over all kept weights of the model."""
-    return ctx.over_model(ctx.snip)
-
-
-@feature("synflow_gz")
-def synflow_gz(ctx: FeatureContext) -> dict[str, Tensor]:
-    """log SynFlow score, standardized over all kept weights of the model."""
-    return ctx.over_model(ctx.synflow)
+for standardized in [
+    ("w0_z", lambda ctx: ctx.params, False, False, "w0 standardized over its layer's kept weights."),
+    ("log_abs_w0_z", lambda ctx: ctx.params, True, False,
+     "log|w0| standardized over its layer's kept weights (the within-layer magnitude rank)."),
+    ("g0_z", lambda ctx: ctx.gradient, False, False, "g0 standardized over its layer's kept weights."),
+    ("log_snip_z", lambda ctx: ctx.snip, True, False,
+     "log SNIP saliency, standardized over its layer's kept weights."),
+    ("synflow_z", lambda ctx: ctx.synflow, True, False,
+     "log SynFlow score, standardized over its layer's kept weights."),
+    ("log_abs_w0_gz", lambda ctx: ctx.params, True, True,
+     "log|w0|, standardized over all kept weights of the model."),
+    ("log_snip_gz", lambda ctx: ctx.snip, True, True,
+     "log SNIP saliency, standardized over all kept weights of the model."),
+    ("synflow_gz", lambda ctx: ctx.synflow, True, True,
+     "log SynFlow score, standardized over all kept weights of the model."),
+]:
+    register_standardized(*standardized)
 
 
 @feature("log_layer_density")

@@ -51,3 +51,42 @@ def read_header(raw: Any, path: Path, error: type[Exception], expected_format: s
         raise error(f"{str(path)!r} has {kind} format version {header.get('format_version')}, "
                     f"this autosparse reads version {version}")
     return header
+
+
+HEADER_KEY = "autosparse"
+
+
+def save_network_file(path: str | os.PathLike, state: dict, mean: Any, std: Any, header: dict, file_format: str,
+                      version: int) -> None:
+    """A small network (its state dict), its input normalization and a JSON header, as safetensors."""
+    from safetensors.torch import save_file
+
+    tensors = {f"network.{k}": v.detach().cpu().contiguous() for k, v in state.items()}
+    tensors.update({"normalization.mean": mean.contiguous(), "normalization.std": std.contiguous()})
+    metadata = {HEADER_KEY: json.dumps({**header, "format": file_format, "format_version": version})}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def load_network_file(path: str | os.PathLike, error: type[Exception], file_format: str, version: int,
+                      kind: str) -> tuple[dict, dict, Any, Any]:
+    """(header without format keys, network state dict, normalization mean, std) of a file written by
+    `save_network_file`; `error` (naming the file) for a missing, truncated, foreign or other-version file."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{kind} file {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get(HEADER_KEY)
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as failure:
+        raise error(f"{str(path)!r} is not a readable {kind} file (truncated or foreign: "
+                    f"{str(failure).splitlines()[0]})") from None
+    header = read_header(raw, path, error, file_format, version, "safetensors file", kind)
+    state = {k[len("network."):]: v for k, v in tensors.items() if k.startswith("network.")}
+    if "normalization.mean" not in tensors or "normalization.std" not in tensors:
+        raise error(f"{str(path)!r} lacks the normalization of its inputs")
+    return ({k: v for k, v in header.items() if k not in ("format", "format_version")}, state,
+            tensors["normalization.mean"], tensors["normalization.std"])

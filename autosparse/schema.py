@@ -35,19 +35,12 @@ def check_partial(cls: type, data: Any, where: str) -> dict:
 def _convert(kind: Any, value: Any, where: str) -> Any:
     origin, args = get_origin(kind), get_args(kind)
     if dataclasses.is_dataclass(kind):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        hints = get_type_hints(kind)
-        fields = {f.name for f in dataclasses.fields(kind) if f.init}
-        unknown = sorted(set(value) - fields)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(fields))})")
+        values = check_partial(kind, value, where)
         required = [f.name for f in dataclasses.fields(kind) if f.init and f.default is dataclasses.MISSING
                     and f.default_factory is dataclasses.MISSING]
         missing = [name for name in required if name not in value]
         if missing:
             raise ConfigError(f"{where}: missing key {missing[0]!r} (required: {', '.join(required)})")
-        values = {name: _convert(hints[name], item, f"{where}.{name}") for name, item in value.items()}
         try:
             return kind(**values)
         except ConfigError as error:

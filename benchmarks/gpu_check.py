@@ -79,14 +79,17 @@ def check_training() -> list[dict]:
 
 
 def check_matrix_cell() -> list[dict]:
-    from autosparse.orchestration.matrix_stage import execute_cell
+    from autosparse.orchestration.cell_stage import cell_job
+    from autosparse.orchestration.stage import execute_job
 
     spec = CellSpec(ModelOnData("resnet20", "digits"), "snip", 0.98, 0, TrainConfig(epochs=5, batch_size=64))
     rows = []
     for gpus in (1, 0):
         with tempfile.TemporaryDirectory() as workspace:
+            data = cell_job(spec, (), {}).to_data()
+            data["tags"]["gpus"] = gpus  # what the cell stage hands its Ray tasks
             started = time.perf_counter()
-            result = execute_cell(to_dict(spec), to_dict(DataConfig()), workspace, gpus, os.cpu_count() or 1)
+            result = execute_job(data, workspace, to_dict(DataConfig()), os.cpu_count() or 1)["result"]
             seconds = time.perf_counter() - started
             written = any(Path(workspace).rglob("result.json"))
         rows.append({"check": f"matrix cell resnet20/digits snip 98%, 5 epochs, {'CUDA' if gpus else 'CPU'}",
@@ -113,9 +116,10 @@ def check_ray_train() -> list[dict]:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from autosparse.orchestration.irp_stage import ChainJob, finalize_chain, fit_chain
+    from autosparse.orchestration.irp_stage import chain_job, fit_chain, latest_checkpoint, survival_path
     from autosparse.orchestration.runtime import init_ray
-    from autosparse.orchestration.stages import StageStore
+    from autosparse.orchestration.stage import execute_job
+    from autosparse.orchestration.store import StageStore
 
     rows = []
     init_ray(num_cpus=8)
@@ -127,15 +131,16 @@ def check_ray_train() -> list[dict]:
         rows.append({"check": "Ray Train, 1 worker with use_gpu=True: the worker's device",
                      "result": f"{seen['device']} ({seen['name']}); cluster GPUs: "
                                f"{ray.cluster_resources().get('GPU', 0)}", "ok": seen["device"].startswith("cuda")})
-        irp = IRPConfig(rounds=4, prune_fraction=0.5, use_gpu=True, cpus_per_worker=4,
-                        train=TrainConfig(epochs=4, batch_size=64))
-        chain = IRPChainConfig("conv", "digits", 0, irp)
+        irp = IRPConfig(rounds=4, prune_fraction=0.5, use_gpu=True, cpus_per_worker=4)
+        chain = IRPChainConfig("conv", "digits", 0, irp, TrainConfig(epochs=4, batch_size=64))
         store = StageStore(workspace)
-        job = ChainJob.of(chain)
+        job = chain_job(chain, {})
         started = time.perf_counter()
-        state = fit_chain(job, DataConfig(), store)
+        fit_chain(job, DataConfig(), store)
         fit_seconds = time.perf_counter() - started
-        survival = finalize_chain(job, state, DataConfig(), store)
+        state = latest_checkpoint(store, job)[1]
+        execute_job(job.to_data(), store.location, to_dict(DataConfig()))
+        survival = survival_path(store, job.digest)
         accuracies = ", ".join(f"{r.test_accuracy:.3f}" for r in state.history)
         rows.append({"check": "IRP conv/digits, 5 trainings x 4 epochs, one Ray Train run on the GPU",
                      "result": f"{fit_seconds:.1f} s; rounds completed {state.completed}; final density "

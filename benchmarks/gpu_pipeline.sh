@@ -20,8 +20,9 @@ mkdir -p "$out"
 "${PYTHON:-python3}" -m autosparse.cli run cifar10_resnet18 --workspace "$scratch/ws" --no-progress \
   --set data.data_root="$scratch/data" \
   --set irp.rounds=2 --set irp.train.epochs=2 --set "irp.train.milestones=[1]" \
-  --set "scorers=[{name: compact, epochs: 2, rows_per_epoch: 200000, batch_size: 16384}]" \
+  --set "scorers=[{name: conditional, epochs: 2, rows_per_epoch: 200000, batch_size: 16384, steps: 5}]" \
   --set matrix.train.epochs=1 --set "matrix.train.milestones=[]" --set "matrix.seeds=[0]" \
-  --set "matrix.sparsities=[0.98]" --set "matrix.variants=[shuffle]" --set "matrix.methods=[random, snip, synflow]" \
+  --set "matrix.sparsities=[0.98]" --set "matrix.variants=[shuffle]" \
+  --set "matrix.methods=[random, snip, synflow, autos:conditional@alloc:learned]" \
   --set matrix.irp_reference=false "${@:2}" 2>&1 | tee "$out/pipeline_log.txt"
-cp "$scratch"/ws/reports/*/report.md "$out/"
+cp "$scratch"/ws/report/*/report.md "$out/"

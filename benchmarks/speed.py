@@ -1,9 +1,10 @@
-"""Speed benchmark: scorer inference (compact vs the paper's MLP run the paper's way), feature
-computation, IRP per-round overhead on Ray Train, matrix throughput at 1 vs 2 Ray workers, and Ray /
-MLflow start-up costs. Prints a Markdown table and saves it (plus JSON) under benchmarks/results/.
+"""Speed benchmark: pruning ResNet-18 end to end (one-shot SNIP, SynFlow's 100 steps, Iterative SNIP's
+20, AutoS's 20), scorer inference (compact vs the paper's MLP run the paper's way), feature computation,
+IRP per-round overhead on Ray Train, matrix throughput at 1 vs 2 Ray workers, and Ray / MLflow start-up
+costs. Prints a Markdown table and saves it (plus JSON) under benchmarks/results/.
 
     .venv/bin/python benchmarks/speed.py [--repeats 3] [--paper-rows 500000] [--device cpu|cuda]
-                                         [--sections inference,startup,ray] [--out benchmarks/results]
+                                         [--sections pruning,inference,startup,ray] [--out benchmarks/results]
 """
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import torch
 
-from autosparse import build_model
+from autosparse import build_model, prune
+from autosparse.allocation import SHAPE_ALLOCATIONS
+from autosparse.config import CONDITIONAL_FEATURES, TRANSFERABLE_FEATURES
 from autosparse.criteria import ScoringContext
 from autosparse.features import compute_features
 from autosparse.io import atomic_write
@@ -27,12 +30,10 @@ from autosparse.masks import prunable_parameters
 from autosparse.scorer.artifact import Scorer
 from autosparse.scorer.fit import Normalization, predict
 from autosparse.scorer.networks import SCORER_NETWORKS
-from autosparse.config import TRANSFERABLE_FEATURES
 
 PAPER_BATCH = 8192
-
-
-SECTIONS = ("inference", "startup", "ray")
+SPARSITY = 0.98
+SECTIONS = ("pruning", "inference", "startup", "ray")
 
 
 def median_time(fn, repeats: int) -> float:
@@ -46,14 +47,49 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def untrained_scorer(network: str, features: list[str], hidden: list[int]) -> Scorer:
+def untrained_scorer(network: str, features: list[str], hidden: list[int], steps: int = 1) -> Scorer:
     """Timing does not depend on the weights: a freshly initialized scorer of the right shape."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         net = SCORER_NETWORKS.get(network)(len(features), hidden).eval()
     norm = Normalization(torch.zeros(len(features)), torch.ones(len(features)))
-    header = {"network": network, "hidden": hidden, "features": [{"name": f, "version": 1} for f in features]}
+    header = {"network": network, "hidden": hidden, "steps": steps,
+              "features": [{"name": f, "version": 1} for f in features]}
     return Scorer(net, norm, header)
+
+
+def resnet18_and_batch(device: torch.device):
+    model = build_model("resnet18", (3, 32, 32), 10, seed=0).to(device)
+    generator = torch.Generator().manual_seed(0)
+    batch = (torch.randn(256, 3, 32, 32, generator=generator).to(device),
+             torch.randint(0, 10, (256,), generator=generator).to(device))
+    return model, batch, sum(p.numel() for p in prunable_parameters(model).values())
+
+
+def pruning_rows(repeats: int, device: torch.device) -> list[dict]:
+    """Whole `prune` calls on ResNet-18 (CIFAR-10 shape, a batch of 256) at 98% sparsity: what a cell
+    waits for. AutoS is the default conditional scorer (5 features, 64-64) in 20 steps under a fixed
+    allocation (a learned one costs a linear model per layer: nothing next to the steps)."""
+    model, batch, weights = resnet18_and_batch(device)
+    autos = untrained_scorer("compact_mlp", CONDITIONAL_FEATURES, [64, 64], steps=20)
+    autos.network.to(device)
+    uniform = SHAPE_ALLOCATIONS.get("uniform").counts
+    methods = {
+        "SNIP, one shot (1 backward pass)": dict(method="snip"),
+        "SynFlow, 100 steps (its own scoring)": dict(method="synflow"),
+        "Iterative SNIP, 20 steps (1 backward pass each)": dict(method="snip", steps=20),
+        "AutoS conditional, 20 steps (features + scoring each step)": dict(method=autos, allocation=uniform),
+    }
+    rows = []
+    for what, kwargs in methods.items():
+        seconds = median_time(lambda: prune(model, SPARSITY, data=batch, **kwargs), repeats)
+        rows.append({"what": f"prune ResNet-18 at 98%: {what}", "weights": weights, "seconds": seconds})
+    synflow = rows[1]["seconds"]
+    rows.append({"what": "AutoS end to end / SynFlow (target: at most 2)", "weights": None, "seconds": None,
+                 "rate": rows[3]["seconds"] / synflow, "ratio": True})
+    rows.append({"what": "Iterative SNIP (20 steps) / one-shot SNIP", "weights": None, "seconds": None,
+                 "rate": rows[2]["seconds"] / rows[0]["seconds"], "ratio": True})
+    return rows
 
 
 def paper_way(scorer: Scorer, features: torch.Tensor, device: torch.device) -> None:
@@ -70,11 +106,7 @@ def paper_way(scorer: Scorer, features: torch.Tensor, device: torch.device) -> N
 
 def inference_rows(repeats: int, paper_rows: int, device: torch.device) -> list[dict]:
     """ResNet-18 (CIFAR-10 shape) on `device`: features, chunked scoring, the paper's loop, end to end."""
-    model = build_model("resnet18", (3, 32, 32), 10, seed=0).to(device)
-    weights = sum(p.numel() for p in prunable_parameters(model).values())
-    generator = torch.Generator().manual_seed(0)
-    batch = (torch.randn(256, 3, 32, 32, generator=generator).to(device),
-             torch.randint(0, 10, (256,), generator=generator).to(device))
+    model, batch, weights = resnet18_and_batch(device)
     rows = []
     compact = untrained_scorer("compact_mlp", TRANSFERABLE_FEATURES, [32, 32])
     paper = untrained_scorer("paper_mlp", ["w0", "g0"], [])
@@ -91,8 +123,8 @@ def inference_rows(repeats: int, paper_rows: int, device: torch.device) -> list[
     seconds = median_time(lambda: paper_way(paper, sample, device), max(1, repeats - 1))
     rows.append({"what": f"score: paper_mlp, DataLoader batch 8192 (paper's way; {len(sample):,} rows timed, "
                  "extrapolated)", "weights": weights, "seconds": seconds * weights / len(sample)})
-    end_to_end = median_time(lambda: compact(ScoringContext(model, [batch], 0.02)), repeats)
-    rows.append({"what": "AutoS prune scores end to end (features + compact scoring)", "weights": weights,
+    end_to_end = median_time(lambda: compact(ScoringContext(model, [batch])), repeats)
+    rows.append({"what": "one AutoS scoring pass end to end (features + compact scoring)", "weights": weights,
                  "seconds": end_to_end})
     return rows
 
@@ -122,24 +154,25 @@ def ray_rows(repeats: int) -> list[dict]:
     """IRP per-round overhead on Ray Train (vs the same chain in-process) and matrix cells per minute."""
     import ray
 
-    from autosparse.config import (DataConfig, IRPChainConfig, IRPConfig, MatrixConfig, ModelOnData,
+    from autosparse.config import (DataConfig, IRPChainConfig, IRPConfig, ModelOnData, PipelineConfig,
                                    TrainConfig)
     from autosparse.data import load_dataset
     from autosparse.experiment import CellSpec
     from autosparse.irp import run_irp
-    from autosparse.orchestration.irp_stage import ChainJob, fit_chain
-    from autosparse.orchestration.matrix_stage import CellJob, run_cells
+    from autosparse.orchestration.cell_stage import CellStage, cell_job
+    from autosparse.orchestration.irp_stage import chain_job, fit_chain
     from autosparse.orchestration.runtime import init_ray
-    from autosparse.orchestration.stages import StageStore
+    from autosparse.orchestration.stage import Runner
+    from autosparse.orchestration.store import StageStore
 
     rows = []
-    chain = IRPChainConfig("conv", "digits", 0, IRPConfig(rounds=6, prune_fraction=0.3,
-                                                          train=TrainConfig(epochs=4, batch_size=64)))
+    chain = IRPChainConfig("conv", "digits", 0, IRPConfig(rounds=6, prune_fraction=0.3),
+                           TrainConfig(epochs=4, batch_size=64))
     torch.set_num_threads(1)
     in_process = median_time(lambda: run_irp(chain, load_dataset("digits")), repeats)
     init_ray(num_cpus=2)
-    on_ray = median_time(lambda: fit_chain(ChainJob.of(chain), DataConfig(),
-                                           StageStore(tempfile.mkdtemp())), repeats)
+    on_ray = median_time(lambda: fit_chain(chain_job(chain, {}), DataConfig(), StageStore(tempfile.mkdtemp())),
+                         repeats)
     rounds = chain.irp.rounds + 1
     rows.append({"what": f"IRP conv/digits, {rounds} rounds x 4 epochs, in-process (1 thread)", "weights": None,
                  "seconds": in_process})
@@ -149,21 +182,20 @@ def ray_rows(repeats: int) -> list[dict]:
                  "seconds": (on_ray - in_process) / rounds})
     ray.shutdown()
     train = TrainConfig(epochs=5, batch_size=64)
-    specs = [CellSpec(ModelOnData("mlp", "digits"), method, 0.95, seed, train)
-             for method in ("snip", "random", "synflow") for seed in range(4)]
+    jobs = [cell_job(CellSpec(ModelOnData("mlp", "digits"), method, 0.95, seed, train), (), {})
+            for method in ("snip", "random", "synflow") for seed in range(4)]
     for cpus in (1, 2):
         init_ray(num_cpus=cpus)
-        matrix = MatrixConfig(cpus_per_cell=1.0)
         timings = []
         for _ in range(repeats):
-            store = StageStore(tempfile.mkdtemp())
+            runner = Runner(StageStore(tempfile.mkdtemp()), DataConfig(), PipelineConfig(), lambda: None,
+                            echo=lambda text: None, progress=False)
             started = time.perf_counter()
-            run_cells([CellJob.of(s) for s in specs], DataConfig(), store, matrix, lambda job, result: None,
-                      progress=False)
+            CellStage().run(jobs, runner)
             timings.append(time.perf_counter() - started)
-        rows.append({"what": f"matrix: {len(specs)} mlp/digits cells (5 epochs) on {cpus} Ray worker(s), cells/min",
+        rows.append({"what": f"matrix: {len(jobs)} mlp/digits cells (5 epochs) on {cpus} Ray worker(s), cells/min",
                      "weights": None, "seconds": statistics.median(timings),
-                     "rate": 60 * len(specs) / statistics.median(timings)})
+                     "rate": 60 * len(jobs) / statistics.median(timings)})
         ray.shutdown()
     return rows
 
@@ -172,7 +204,7 @@ def speedup_row(rows: list[dict]) -> dict:
     compact = next(r for r in rows if r["what"].startswith("score: compact"))["seconds"]
     paper = next(r for r in rows if "paper's way" in r["what"])["seconds"]
     return {"what": "speed-up: compact chunked vs paper_mlp the paper's way", "weights": None, "seconds": None,
-            "rate": paper / compact}
+            "rate": paper / compact, "ratio": True}
 
 
 def markdown_table(rows: list[dict]) -> list[str]:
@@ -181,7 +213,7 @@ def markdown_table(rows: list[dict]) -> list[str]:
         weights = f"{r['weights']:,}" if r.get("weights") else ""
         seconds = f"{r['seconds']:.2f}" if r.get("seconds") is not None else ""
         rate = r.get("rate")
-        rate_text = f"{rate:.1f}" + ("x" if "speed-up" in r["what"] else " cells/min") if rate else (
+        rate_text = f"{rate:.2f}" + ("x" if r.get("ratio") else " cells/min") if rate else (
             f"{r['weights'] / r['seconds'] / 1e6:.2f} M weights/s" if r.get("weights") and r.get("seconds") else "")
         lines.append(f"| {r['what']} | {weights} | {seconds} | {rate_text} |")
     return lines
@@ -203,9 +235,11 @@ def main() -> None:
     device = torch.device(args.device)
     torch.set_num_threads(os.cpu_count() or 1)
     rows = []
+    if "pruning" in sections:
+        rows += pruning_rows(args.repeats, device)
     if "inference" in sections:
-        rows += inference_rows(args.repeats, args.paper_rows, device)
-        rows.append(speedup_row(rows))
+        inference = inference_rows(args.repeats, args.paper_rows, device)
+        rows += inference + [speedup_row(inference)]
     if "startup" in sections:
         rows += startup_rows(args.repeats)
     if "ray" in sections:

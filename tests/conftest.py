@@ -85,7 +85,7 @@ def smoke_run(tmp_path_factory):
     from autosparse.orchestration.pipeline import Pipeline
 
     workspace = tmp_path_factory.mktemp("smoke") / "ws"
-    total = len(Pipeline(load_config("smoke"), workspace, progress=False).jobs["cell"])
+    total = len(Pipeline(load_config("smoke"), workspace).jobs["cell"])
     driver = subprocess.Popen([sys.executable, "-m", "autosparse.cli", "run", "smoke", "--workspace", str(workspace),
                                "--no-progress"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 400

@@ -21,6 +21,7 @@ from autosparse.masks import prunable_parameters
 from autosparse.orchestration.cell_stage import target_cells
 from autosparse.orchestration.irp_stage import source_chains
 from autosparse.orchestration.pipeline import Pipeline
+from autosparse.orchestration.runtime import RunOptions
 from autosparse.orchestration.stage import (STAGES, Job, Runner, Stage, TrackedRun, execute_job, ordered_stages,
                                             register_stage, stage_hash)
 from autosparse.orchestration.store import MARKER, StageStore
@@ -39,12 +40,6 @@ class DummyConfig:
 
 class DummyStage(Stage):
     """Writes one file per pipeline; needs no other stage, so running it starts no Ray."""
-
-    kind = "dummy"
-    config_type = DummyConfig
-    verb = "say-hello"
-    help = "write a greeting"
-    outputs = (DUMMY_FILE,)
 
     def plan(self, config: PipelineConfig, planned: Mapping[str, list[Job]]) -> list[Job]:
         return [Job(self.kind, DummyConfig(config.name), (), f"dummy {config.name}")]
@@ -69,8 +64,8 @@ class DummyStage(Stage):
 def dummy_stage(monkeypatch):
     """DummyStage registered with `register_stage`, on a copy of the registry that is restored afterwards."""
     monkeypatch.setattr(STAGES, "_entries", dict(STAGES._entries))
-    register_stage(DummyStage)
-    return STAGES.get(DummyStage.kind)
+    register_stage("dummy", DummyConfig, verb="say-hello", outputs=(DUMMY_FILE,), help="write a greeting")(DummyStage)
+    return STAGES.get("dummy")
 
 
 def test_a_registered_stage_runs_in_the_pipeline_without_ray(dummy_stage, tmp_path, monkeypatch):
@@ -80,8 +75,8 @@ def test_a_registered_stage_runs_in_the_pipeline_without_ray(dummy_stage, tmp_pa
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(Pipeline, "ensure_ray", no_ray)
     lines: list[str] = []
-    pipeline = Pipeline(load_config("smoke"), tmp_path / "ws", tracking_uri=f"sqlite:///{tmp_path}/m.db",
-                        progress=False, echo=lines.append)
+    options = RunOptions(tracking_uri=f"sqlite:///{tmp_path}/m.db", progress=False)
+    pipeline = Pipeline(load_config("smoke"), tmp_path / "ws", options, echo=lines.append)
     (job,) = pipeline.jobs["dummy"]
     assert pipeline.needed("dummy") == {job.digest}
 
@@ -97,8 +92,7 @@ def test_a_registered_stage_runs_in_the_pipeline_without_ray(dummy_stage, tmp_pa
     assert lines == ["greeted smoke"]
     assert pipeline.tracker.has_stage(job.digest)  # logged to MLflow by the generic code
 
-    again = Pipeline(load_config("smoke"), tmp_path / "ws", tracking_uri=f"sqlite:///{tmp_path}/m.db",
-                     progress=False, echo=lines.append).run(through="dummy")
+    again = Pipeline(load_config("smoke"), tmp_path / "ws", options, echo=lines.append).run(through="dummy")
     assert again.stages_run["dummy"] == 0  # finished: skipped
 
 
@@ -147,14 +141,14 @@ def test_ordered_stages_put_every_stage_after_what_it_needs():
 
 def test_ordered_stages_reject_a_cycle(monkeypatch):
     class Chicken(DummyStage):
-        kind, needs = "chicken", ("egg",)
+        pass
 
     class Egg(DummyStage):
-        kind, needs = "egg", ("chicken",)
+        pass
 
     monkeypatch.setattr(STAGES, "_entries", dict(STAGES._entries))
-    register_stage(Chicken)
-    register_stage(Egg)
+    register_stage("chicken", DummyConfig, needs=("egg",), outputs=(DUMMY_FILE,), help="first?")(Chicken)
+    register_stage("egg", DummyConfig, needs=("chicken",), outputs=(DUMMY_FILE,), help="or this?")(Egg)
     with pytest.raises(RuntimeError, match="cycle"):
         ordered_stages()
 

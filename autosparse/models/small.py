@@ -8,6 +8,11 @@ from torch import nn
 from .base import MODELS, require_rank
 
 
+def classifier(features: int, num_classes: int) -> list[nn.Module]:
+    """Flatten, then a 128-unit hidden layer and the output layer."""
+    return [nn.Flatten(), nn.Linear(features, 128), nn.ReLU(), nn.Linear(128, num_classes)]
+
+
 @MODELS.register("mlp")
 def mlp(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """LeNet-300-100: flatten -> 300 -> 100 -> classes."""
@@ -26,9 +31,8 @@ def conv(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(input_shape[0], 32, 3, padding=1), nn.ReLU(),
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-        nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-        nn.Linear(64 * 16, 128), nn.ReLU(),
-        nn.Linear(128, num_classes),
+        nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(4),
+        *classifier(64 * 16, num_classes),
     )
 
 
@@ -40,7 +44,6 @@ def conv1d(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         nn.Conv1d(input_shape[0], 32, 5, padding=2), nn.ReLU(),
         nn.Conv1d(32, 64, 3, padding=1, stride=2), nn.ReLU(),
         nn.Conv1d(64, 64, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool1d(8), nn.Flatten(),
-        nn.Linear(64 * 8, 128), nn.ReLU(),
-        nn.Linear(128, num_classes),
+        nn.AdaptiveAvgPool1d(8),
+        *classifier(64 * 8, num_classes),
     )

@@ -30,16 +30,12 @@ def uses_learned_allocation(config: PipelineConfig) -> bool:
     return any(MethodSpec.parse(m).allocation == LEARNED for m in config.matrix.methods)
 
 
-@register_stage
+@register_stage("allocator", AllocatorConfig, needs=("irp",), verb="fit-allocator",
+                outputs=(ALLOCATOR_FILE,),
+                help="fit the learned layer allocation for the targets that use `@alloc:learned`")
 class AllocatorStage(Stage):
     """Learned layer allocations (layer context and global density -> layer density)."""
 
-    kind = "allocator"
-    config_type = AllocatorConfig
-    needs = ("irp",)
-    verb = "fit-allocator"
-    help = "fit the learned layer allocation for the targets that use `@alloc:learned`"
-    outputs = (ALLOCATOR_FILE,)
 
     def plan(self, config: PipelineConfig, planned: Mapping[str, list[Job]]) -> list[Job]:
         if not uses_learned_allocation(config):

@@ -111,15 +111,12 @@ def cell_train_loop(loop_config: dict) -> None:
         ray.train.report({"test_accuracy": result["test_accuracy"]}, checkpoint=checkpoint)
 
 
-@register_stage
+@register_stage("cell", CellSpec, needs=("irp", "scorer", "allocator"),
+                outputs=(RESULT_FILE, MASK_FILE),
+                help="matrix cells")
 class CellStage(Stage):
     """Generalization-matrix cells: prune a target at init with one method, train it, evaluate it."""
 
-    kind = "cell"
-    config_type = CellSpec
-    needs = ("irp", "scorer", "allocator")
-    help = "matrix cells"
-    outputs = (RESULT_FILE, MASK_FILE)
 
     def plan(self, config: PipelineConfig, planned: Mapping[str, list[Job]]) -> list[Job]:
         return [job for target in config.matrix.targets for job in target_cells(config, target)]

@@ -180,15 +180,12 @@ def ensure_chains(jobs: list[Job], runner: Runner) -> int:
     return len(pending)
 
 
-@register_stage
+@register_stage("irp", IRPChainConfig, verb="irp",
+                outputs=(SURVIVAL_FILE,),
+                help="run the config's IRP chains (survival datasets); prints a per-round table")
 class IRPStage(Stage):
     """IRP chains of the sources and of each target (its reference curve) -> survival datasets."""
 
-    kind = "irp"
-    config_type = IRPChainConfig
-    verb = "irp"
-    help = "run the config's IRP chains (survival datasets); prints a per-round table"
-    outputs = (SURVIVAL_FILE,)
 
     def plan(self, config: PipelineConfig, planned: Mapping[str, list[Job]]) -> list[Job]:
         return merge_jobs(source_chains(config) + reference_chains(config))

@@ -13,6 +13,7 @@ from ..models import resolve_factory
 from ..pruning import MethodSpec
 from ..schema import ConfigError, content_hash, non_default
 from ..scorer import SCORER_NETWORKS
+from .runtime import RunOptions
 from .stage import STAGES, Job, Runner, ordered_stages
 from .store import StageStore
 from .tracking import ARTIFACTS_FOLDER, Tracker, default_tracking_uri, params_of
@@ -75,18 +76,15 @@ class PipelineResult:
 class Pipeline:
     """Plans every stage's jobs from the config, then runs the unfinished ones, stage by stage."""
 
-    def __init__(self, config: PipelineConfig, workspace: str | os.PathLike, *, ray_address: Optional[str] = None,
-                 tracking_uri: Optional[str] = None, verbose: bool = False, progress: bool = True,
+    def __init__(self, config: PipelineConfig, workspace: str | os.PathLike, options: RunOptions = RunOptions(),
                  echo: Callable[[str], None] = print):
         validate_names(config)
         self.config = config
         self.store = StageStore(workspace)
-        self.ray_address = ray_address
-        self.verbose = verbose
-        self.progress = progress
+        self.options = options
         self.echo = echo
         self.digest = pipeline_hash(config)
-        self.tracking_uri = tracking_uri or default_tracking_uri(self.store.local)
+        self.tracking_uri = options.tracking_uri or default_tracking_uri(self.store.local)
         self.jobs: dict[str, list[Job]] = {}
         for stage in ordered_stages():
             self.jobs[stage.kind] = stage.plan(config, self.jobs)
@@ -105,10 +103,10 @@ class Pipeline:
     def ensure_ray(self) -> None:
         from .runtime import init_ray
 
-        init_ray(self.ray_address, verbose=self.verbose)
+        init_ray(self.options.ray_address, verbose=self.options.verbose)
 
     def runner(self) -> Runner:
-        return Runner(self.store, self.config.data, self.config, self.ensure_ray, self.echo, self.progress,
+        return Runner(self.store, self.config.data, self.config, self.ensure_ray, self.echo, self.options.progress,
                       self.connect_tracking())
 
     def preflight(self) -> None:
@@ -116,7 +114,7 @@ class Pipeline:
         from ..data import load_dataset
         from .runtime import check_ray_address
 
-        address = self.ray_address or os.environ.get("RAY_ADDRESS")
+        address = self.options.ray_address or os.environ.get("RAY_ADDRESS")
         if address:
             check_ray_address(address)
             return

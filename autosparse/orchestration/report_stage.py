@@ -43,16 +43,12 @@ def report_context(store: StageStore, cells: list[str]) -> ReportContext:
     return ReportContext(recipes, sources)
 
 
-@register_stage
+@register_stage("report", ReportSpec, needs=("cell",), verb="matrix",
+                outputs=("report.md", "results.csv", "records.json"),
+                help="run the generalization matrix (and everything it needs) and print its table")
 class ReportStage(Stage):
     """Accuracy tables (mean ± std over seeds), convergence and anchor flags, and plots."""
 
-    kind = "report"
-    config_type = ReportSpec
-    needs = ("cell",)
-    verb = "matrix"
-    help = "run the generalization matrix (and everything it needs) and print its table"
-    outputs = ("report.md", "results.csv", "records.json")
 
     def plan(self, config: PipelineConfig, planned: Mapping[str, list[Job]]) -> list[Job]:
         cells = [job.digest for job in planned["cell"]]

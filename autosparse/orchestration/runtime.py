@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import UserError
@@ -23,6 +24,17 @@ def set_local_defaults() -> None:
     """Environment defaults for local runs (an explicit user setting always wins)."""
     for key, value in LOCAL_ENV.items():
         os.environ.setdefault(key, value)
+
+
+@dataclass
+class RunOptions:
+    """Where a job runs and is tracked: a Ray address (None: RAY_ADDRESS or a local Ray), an MLflow
+    tracking URI (None: MLFLOW_TRACKING_URI or SQLite in the workspace), logs and progress bars."""
+
+    ray_address: Optional[str] = None
+    tracking_uri: Optional[str] = None
+    verbose: bool = False
+    progress: bool = True
 
 
 class RayUnavailableError(UserError):

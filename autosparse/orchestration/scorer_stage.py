@@ -51,16 +51,12 @@ def autos_targets(config: PipelineConfig, name: str) -> list:
     return list(config.matrix.targets) if used else []
 
 
-@register_stage
+@register_stage("scorer", ScorerConfig, needs=("irp",), verb="fit-scorer",
+                outputs=(SCORER_FILE, HISTORY_FILE),
+                help="fit the config's AutoS scorers (runs the IRP chains they need first)")
 class ScorerStage(Stage):
     """AutoS scorers fitted on survival datasets (validation chooses the epochs; the saved scorer sees every row)."""
 
-    kind = "scorer"
-    config_type = ScorerConfig
-    needs = ("irp",)
-    verb = "fit-scorer"
-    help = "fit the config's AutoS scorers (runs the IRP chains they need first)"
-    outputs = (SCORER_FILE, HISTORY_FILE)
 
     def plan(self, config: PipelineConfig, planned: Mapping[str, list[Job]]) -> list[Job]:
         jobs: dict[str, Job] = {}

@@ -3,7 +3,7 @@
 A stage kind plans its jobs from the pipeline config, executes one job (writing its files and a record),
 runs its pending jobs (by default as Ray tasks), and describes a finished job to MLflow. `STAGES` holds
 them in dependency order and drives the pipeline, `--force` and the CLI verbs: adding a stage is one
-module with one `@register_stage` class (imported in `orchestration/__init__.py`).
+module with one `@register_stage(...)` class (imported in `orchestration/__init__.py`).
 """
 from __future__ import annotations
 
@@ -83,7 +83,8 @@ class Runner:
 
 class Stage:
     """Base class of a stage kind. Subclasses set the class attributes and implement `plan` and
-    `execute`; `run` (Ray tasks), `track` and `summary` have defaults."""
+    `execute`, and are described and registered with `@register_stage(...)`; `run` (Ray tasks), `track` and
+    `summary` have defaults."""
 
     kind: ClassVar[str]
     config_type: ClassVar[type]
@@ -130,9 +131,16 @@ class Stage:
 STAGES: Registry[Stage] = Registry("stage")
 
 
-def register_stage(cls: type[Stage]) -> type[Stage]:
-    STAGES.register(cls.kind)(cls())
-    return cls
+def register_stage(kind: str, config_type: type, *, outputs: tuple[str, ...], help: str,
+                   needs: tuple[str, ...] = (), verb: Optional[str] = None) -> Callable[[type[Stage]], type[Stage]]:
+    """Class decorator: describe a Stage subclass and register one instance of it under `kind`."""
+    def register(cls: type[Stage]) -> type[Stage]:
+        cls.kind, cls.config_type, cls.outputs, cls.help, cls.needs, cls.verb = \
+            kind, config_type, outputs, help, needs, verb
+        STAGES.register(kind)(cls())
+        return cls
+
+    return register
 
 
 def ordered_stages() -> list[Stage]:

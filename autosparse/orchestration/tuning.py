@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import functools
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 import yaml
@@ -19,6 +18,7 @@ from ..io import atomic_write
 from ..schema import ConfigError, content_hash, from_dict, non_default, to_dict
 from ..survival import read_survival
 from .irp_stage import ensure_chains, reference_chains, source_chains, survival_path
+from .runtime import RunOptions, init_ray
 from .stage import Runner, TrackedRun
 from .store import StageStore
 from .tracking import ARTIFACTS_FOLDER, Tracker, default_tracking_uri, params_of
@@ -36,10 +36,7 @@ class TuneRequest:
     space_path: str
     base: PipelineConfig
     workspace: str
-    ray_address: Optional[str] = None
-    tracking_uri: Optional[str] = None
-    verbose: bool = False
-    progress: bool = True
+    options: RunOptions = field(default_factory=RunOptions)
 
 
 @dataclass
@@ -113,9 +110,8 @@ def run_tuning(request: TuneRequest) -> TuneResult:
 
     from ..recipes import train_config
     from ..scorer import fit_scorer, scorer_from_fit
-    from .runtime import init_ray
 
-    space, base = request.space, request.base
+    space, base, options = request.space, request.base, request.options
     if space.objective == "downstream" and space.metric != "downstream_accuracy":
         raise ConfigError(f"{request.space_path}: metric: objective 'downstream' reports 'downstream_accuracy'")
     sources, references = source_chains(base), reference_chains(base)
@@ -124,17 +120,17 @@ def run_tuning(request: TuneRequest) -> TuneResult:
                           "set matrix.irp_reference: true (target IRP chains)")
     store = StageStore(request.workspace)
     digest = content_hash({"space": non_default(space), "base": non_default(base)})
-    uri = request.tracking_uri or default_tracking_uri(store.local)
+    uri = options.tracking_uri or default_tracking_uri(store.local)
     experiment = f"autosparse-tune-{base.name}"
     tracker = Tracker(uri, experiment, digest, params_of(space), {"pipeline.name": base.name,
                                                                   "tune.space": request.space_path},
                       artifact_root=store.uri(ARTIFACTS_FOLDER))
     status = "FAILED"
     try:
-        runner = Runner(store, base.data, base, lambda: init_ray(request.ray_address, verbose=request.verbose),
-                        progress=request.progress, tracker=tracker)
+        runner = Runner(store, base.data, base, lambda: init_ray(options.ray_address, verbose=options.verbose),
+                        progress=options.progress, tracker=tracker)
         ensure_chains(sources + references, runner)
-        init_ray(request.ray_address, verbose=request.verbose)
+        runner.ensure_ray()
         name = f"tune-{digest}"
         folder = store.local / "tune" / name
         search_path = store.path("tune", name)
@@ -167,7 +163,7 @@ def run_tuning(request: TuneRequest) -> TuneResult:
                                             reduction_factor=space.scheduler.reduction_factor)),
                 run_config=tune.RunConfig(
                     name=name, storage_path=store.path("tune"), storage_filesystem=store.fs,
-                    verbose=1 if request.verbose else 0,
+                    verbose=1 if options.verbose else 0,
                     callbacks=[MLflowLoggerCallback(tracking_uri=uri, experiment_name=experiment,
                                                     tags={MLFLOW_PARENT_RUN_ID: tracker.parent_id})]),
             )

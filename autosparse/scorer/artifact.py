@@ -1,28 +1,23 @@
 """The saved AutoS scorer: safetensors weights with a JSON header, usable as a pruning method."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..config import ScorerConfig
 from ..criteria import ScoringContext, Scores
 from ..errors import UserError
 from ..features import FEATURES, compute_features
-from ..config import ScorerConfig
-from ..io import atomic_write, read_header
+from ..io import load_network_file, save_network_file
 from ..masks import prunable_parameters
 from .fit import FitResult, Normalization, predict
 from .networks import SCORER_NETWORKS
 
 FORMAT = "autosparse.scorer"
 FORMAT_VERSION = 2
-HEADER_KEY = "autosparse"
 
 
 class ScorerFormatError(UserError):
@@ -58,11 +53,8 @@ class Scorer:
                 for layer, matrix in features.items()}
 
     def save(self, path: str | os.PathLike) -> None:
-        tensors = {f"network.{k}": v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
-        tensors["normalization.mean"] = self.normalization.mean.contiguous()
-        tensors["normalization.std"] = self.normalization.std.contiguous()
-        metadata = {HEADER_KEY: json.dumps({**self.header, "format": FORMAT, "format_version": FORMAT_VERSION})}
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        save_network_file(path, self.network.state_dict(), self.normalization.mean, self.normalization.std,
+                          self.header, FORMAT, FORMAT_VERSION)
 
 
 def scorer_from_fit(result: FitResult, config: ScorerConfig, extra: dict[str, Any]) -> Scorer:
@@ -79,19 +71,7 @@ def scorer_from_fit(result: FitResult, config: ScorerConfig, extra: dict[str, An
 
 def load_scorer(path: str | os.PathLike) -> Scorer:
     """Load and validate a scorer file; clear errors for foreign, truncated or incompatible files."""
-    path = Path(path)
-    if not path.is_file():
-        raise ScorerFormatError(f"scorer file {str(path)!r} does not exist")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            raw = (handle.metadata() or {}).get(HEADER_KEY)
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ScorerFormatError(f"{str(path)!r} is not a readable scorer file (truncated or foreign: "
-                                f"{str(error).splitlines()[0]})") from None
-    header = read_header(raw, path, ScorerFormatError, FORMAT, FORMAT_VERSION, "safetensors file", "scorer")
+    header, state, mean, std = load_network_file(path, ScorerFormatError, FORMAT, FORMAT_VERSION, "scorer")
     for item in header["features"]:
         if item["name"] not in FEATURES:
             raise ScorerFormatError(f"{str(path)!r} uses feature {item['name']!r}, unknown to this autosparse")
@@ -102,7 +82,6 @@ def load_scorer(path: str | os.PathLike) -> Scorer:
         raise ScorerFormatError(f"{str(path)!r} uses scorer network {header.get('network')!r}, "
                                 "unknown to this autosparse")
     network = SCORER_NETWORKS.get(header["network"])(len(header["features"]), header["hidden"])
-    network.load_state_dict({k[len("network."):]: v for k, v in tensors.items() if k.startswith("network.")})
+    network.load_state_dict(state)
     network.eval()
-    normalization = Normalization(tensors["normalization.mean"], tensors["normalization.std"])
-    return Scorer(network, normalization, {k: v for k, v in header.items() if k not in ("format", "format_version")})
+    return Scorer(network, Normalization(mean, std), header)

@@ -1,0 +1,131 @@
+"""Choosing the AutoS design on validation sources only: leave one source out, never a test target.
+
+    .venv/bin/python benchmarks/validate_designs.py [--config benchmarks/accuracy.yaml] [--workspace DIR]
+
+For every source chain of the config (read from the workspace, where `benchmarks/accuracy.py` or
+`autosparse irp` put them), each candidate design is fitted on the OTHER sources only, then prunes that
+held-out source's (model, dataset) pair at validation seeds (10, 11: no test target uses them), and the
+network trains with its recipe. Writes benchmarks/results/validation/{results.jsonl, validation.md}.
+Rows that are already in results.jsonl are not recomputed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from autosparse.allocator import fit_allocator
+from autosparse.config import (TRANSFERABLE_FEATURES, AllocatorConfig, ModelOnData, ScorerConfig, load_config)
+from autosparse.data import load_dataset
+from autosparse.experiment import CellSpec, run_cell
+from autosparse.io import atomic_write
+from autosparse.orchestration.irp_stage import source_chains, survival_path
+from autosparse.orchestration.store import StageStore
+from autosparse.pruning import MethodSpec
+from autosparse.recipes import train_config
+from autosparse.scorer import fit_scorer, scorer_from_fit
+from autosparse.survival import read_survival
+
+WIDE_FEATURES = ["log_abs_w0_z", "log_snip_z", "synflow_z", "log_snip_gz", "synflow_gz", "in_unit_kept",
+                 "out_unit_kept", "log_layer_density", "log_density", "depth", "log_layer_share"]
+SCORERS = {
+    "paper": ScorerConfig(name="paper", network="paper_mlp", features=["w0", "g0"], target="survival", loss="mse",
+                          epochs=4, rows_per_epoch=30000),
+    "oneshot": ScorerConfig(name="oneshot", hidden=[32, 32], features=list(TRANSFERABLE_FEATURES), target="survival",
+                            loss="pairwise", epochs=20),
+    "conditional": ScorerConfig(name="conditional"),
+    "wide": ScorerConfig(name="wide", features=WIDE_FEATURES),
+}
+DESIGNS = ["synflow", "iter_snip", "snip/iter20@alloc:learned", "autos:paper", "autos:oneshot@alloc:learned",
+           "autos:conditional/iter20", "autos:conditional/iter20@alloc:synflow", "autos:wide/iter20@alloc:learned",
+           "autos:conditional/iter20@alloc:learned"]
+
+
+def fitted(held: str, others: list, out: Path, scorer: str | None, allocator: bool) -> tuple:
+    """The scorer and allocator files for one held-out source (fitted once, kept in `out`)."""
+    folder = out / held.replace("/", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [None, None]
+    if scorer:
+        paths[0] = folder / f"{scorer}.safetensors"
+        if not paths[0].exists():
+            config = SCORERS[scorer]
+            scorer_from_fit(fit_scorer(others, config), config, {}).save(paths[0])
+    if allocator:
+        paths[1] = folder / "allocator.safetensors"
+        if not paths[1].exists():
+            fit_allocator(others, AllocatorConfig())[0].save(paths[1])
+    return tuple(paths)
+
+
+def table(rows: list[dict]) -> str:
+    cells = defaultdict(list)
+    for row in rows:
+        cells[(row["design"], row["held_out"], row["sparsity"])].append(row["accuracy"])
+    held = sorted({r["held_out"] for r in rows})
+    sparsities = sorted({r["sparsity"] for r in rows})
+    columns = [(h, s) for h in held for s in sparsities]
+    lines = ["| design | " + " | ".join(f"{h} {s:.0%}" for h, s in columns) + " | mean |",
+             "|---|" + "---|" * (len(columns) + 1)]
+    for design in DESIGNS:
+        values = [statistics.fmean(cells[(design, h, s)]) for h, s in columns if cells.get((design, h, s))]
+        if len(values) < len(columns):
+            continue
+        lines.append(f"| {design} | " + " | ".join(f"{100 * v:.1f}" for v in values) +
+                     f" | {100 * statistics.fmean(values):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(Path(__file__).with_name("accuracy.yaml")))
+    parser.add_argument("--workspace", default="autosparse-workspace-benchmark")
+    parser.add_argument("--seeds", default="10,11")
+    parser.add_argument("--sparsities", default="0.98,0.99")
+    parser.add_argument("--out", default="benchmarks/results/validation")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    config = load_config(args.config)
+    store = StageStore(args.workspace)
+    chains = {job.config.pair: read_survival(survival_path(store, job.digest)) for job in source_chains(config)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    done = {(r["design"], r["held_out"], r["sparsity"], r["seed"]) for r in rows}
+    with tempfile.TemporaryDirectory() as scratch:
+        for held, data in chains.items():
+            others = [d for pair, d in chains.items() if pair != held]
+            model, dataset_name = held.split("/")
+            dataset = load_dataset(dataset_name)
+            for design in DESIGNS:
+                method = MethodSpec.parse(design)
+                scorer, allocator = fitted(held, others, Path(scratch), method.scorer_name,
+                                           method.allocation == "learned")
+                for sparsity in map(float, args.sparsities.split(",")):
+                    for seed in map(int, args.seeds.split(",")):
+                        if (design, held, sparsity, seed) in done:
+                            continue
+                        spec = CellSpec(ModelOnData(model, dataset_name), design, sparsity, seed,
+                                        train_config(dataset_name, model))
+                        result = run_cell(spec, dataset, scorer, allocator)
+                        row = {"design": design, "held_out": held, "sparsity": sparsity, "seed": seed,
+                               "accuracy": result["test_accuracy"], "layer_densities": result["layer_densities"]}
+                        rows.append(row)
+                        with results.open("a") as handle:
+                            handle.write(json.dumps(row) + "\n")
+                        print(f"{held:18s} {design:42s} {sparsity:.2f} seed {seed}: {100 * row['accuracy']:.1f}",
+                              flush=True)
+    text = (f"Leave-one-source-out over the sources of `{args.config}`; validation seeds {args.seeds}; test accuracy "
+            f"in %, mean over seeds.\n\n" + table(rows))
+    atomic_write(out / "validation.md", lambda tmp: Path(tmp).write_text(text))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

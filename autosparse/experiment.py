@@ -98,6 +98,7 @@ def run_cell(spec: CellSpec, dataset: Dataset, scorer_path: Optional[Path] = Non
         "density": mask.density() if mask is not None else 1.0,
         "layer_densities": mask.layer_densities() if mask is not None else {},
         "collapsed_layers": mask.collapsed_layers() if mask is not None else [],
+        "empty_units": mask.empty_units() if mask is not None else {},
         "mask": mask,
         "prune_seconds": pruned - started,
         "seconds": time.time() - started,

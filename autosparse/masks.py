@@ -85,6 +85,11 @@ class Mask(Mapping[str, Tensor]):
     def layer_densities(self) -> dict[str, float]:
         return {n: float(t.float().mean()) for n, t in self._tensors.items()}
 
+    def empty_units(self) -> dict[str, int]:
+        """Per layer, how many output units (rows: output features or channels) keep no incoming weight.
+        In the last layer of a classifier these are classes the network can no longer tell apart."""
+        return {n: int((~t.flatten(1).any(1)).sum()) for n, t in self._tensors.items()}
+
     def collapsed_layers(self) -> list[str]:
         """Layers with no kept weight at all (layer collapse: the network cannot pass signal)."""
         return [n for n, t in self._tensors.items() if not bool(t.any())]

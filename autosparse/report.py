@@ -44,12 +44,15 @@ class CellRecord:
     final_loss: float = math.nan
     num_classes: int = 0
     irp_density: Optional[float] = None  # IRP references sit at the closest IRP density
+    cut_classes: int = 0  # output units of the last layer without any kept weight
 
     @classmethod
     def of(cls, spec: CellSpec, result: dict) -> "CellRecord":
+        empty = list(result.get("empty_units", {}).values())
         return cls(spec.target.pair, spec.label, spec.method, spec.variant, spec.sparsity, spec.seed,
                    result["test_accuracy"], result["layer_densities"], result["collapsed_layers"],
-                   result["initial_loss"], result["train_loss_per_epoch"][-1], result["num_classes"])
+                   result["initial_loss"], result["train_loss_per_epoch"][-1], result["num_classes"],
+                   cut_classes=empty[-1] if empty else 0)
 
     @property
     def is_autos(self) -> bool:
@@ -233,10 +236,11 @@ def csv_text(records: list[CellRecord]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["target", "method", "variant", "label", "sparsity", "seed", "accuracy", "collapsed",
-                     "did_not_train", "initial_loss", "final_loss"])
+                     "cut_classes", "did_not_train", "initial_loss", "final_loss"])
     for r in records:
         writer.writerow([r.target, r.method, r.variant or "", r.label, r.sparsity, r.seed, f"{r.accuracy:.6f}",
-                         ";".join(r.collapsed), int(r.did_not_train()), f"{r.initial_loss:.4f}", f"{r.final_loss:.4f}"])
+                         ";".join(r.collapsed), r.cut_classes, int(r.did_not_train()), f"{r.initial_loss:.4f}",
+                         f"{r.final_loss:.4f}"])
     return out.getvalue()
 
 
@@ -346,6 +350,10 @@ def flag_lists(records: list[CellRecord]) -> str:
     text = ""
     if collapsed:
         text += "\n## Layer collapse (a bad mask)\n\n" + "".join(f"- {t} / {label} at {s:.0%}\n" for t, label, s in collapsed)
+    cut = sorted({(r.target, r.label, r.sparsity, r.cut_classes) for r in records if r.cut_classes and not r.collapsed})
+    if cut:
+        text += ("\n## Classes cut off (the last layer keeps no weight into some output units)\n\n"
+                 + "".join(f"- {t} / {label} at {s:.0%}: {n} output unit(s)\n" for t, label, s, n in cut))
     if untrained:
         text += ("\n## Did not train (no layer collapsed: the budget or optimizer, not the mask's layer allocation)\n\n"
                  + "".join(f"- {t} / {label} at {s:.0%}\n" for t, label, s in untrained))

@@ -224,3 +224,10 @@ def test_apply_mask_rejects_a_mask_for_another_model():
     assert not hasattr(model, "_autosparse_mask_hooks")
     for name, param in model.named_parameters():  # nothing was zeroed
         assert torch.equal(param, dict(mlp().named_parameters())[name]), name
+
+
+def test_empty_units_count_rows_without_any_kept_weight():
+    mask = Mask({"conv": torch.tensor([[[1, 0]], [[0, 0]], [[0, 1]]], dtype=torch.bool),  # 3 channels, 1 empty
+                 "head": torch.tensor([[0, 0, 0], [1, 0, 0]], dtype=torch.bool)})
+    assert mask.empty_units() == {"conv": 1, "head": 1}
+    assert Mask.dense(nn.Linear(3, 2)).empty_units() == {"weight": 0}

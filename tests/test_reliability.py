@@ -24,10 +24,14 @@ def test_interrupted_stage_write_is_not_finished(tmp_path: Path) -> None:
             raise KeyboardInterrupt
     assert not store.done("cell", "abc")
     assert list((tmp_path / "cell").iterdir()) == []
+    killed = tmp_path / "cell" / ".tmp-abc-0badc0de"  # what a SIGKILLed writer leaves behind
+    killed.mkdir()
+    (killed / "result.json").write_text("{partial")
     with store.writing("cell", "abc") as (folder, record):
         (folder / "result.json").write_text("{}")
         record["label"] = "x"
     assert store.record("cell", "abc")["label"] == "x"
+    assert not killed.exists()  # the next attempt at the same job cleared it
     assert store.done("cell", "abc") and store.finished("cell") == ["abc"]
 
 

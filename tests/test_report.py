@@ -79,3 +79,11 @@ def test_report_files_state_the_recipe_and_regenerate(tmp_path):
     ((path, again),) = regenerate_reports(tmp_path)
     assert path == folder and again == table
     assert math.isfinite(summarize(records)[0].mean)
+
+
+def test_classes_cut_off_are_listed_apart(tmp_path):
+    cut = record(label="snip/iter20@alloc:learned", accuracy=0.45)
+    cut.cut_classes = 6
+    write_report([cut, record()], tmp_path, "t")
+    text = (tmp_path / "report.md").read_text()
+    assert "## Classes cut off" in text and "snip/iter20@alloc:learned at 90%: 6 output unit(s)" in text

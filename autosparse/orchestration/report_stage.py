@@ -7,8 +7,10 @@ from typing import Mapping
 
 from ..config import DataConfig, PipelineConfig
 from ..experiment import CellSpec
+from ..masks import Mask
 from ..report import CellRecord, ReportContext, irp_reference_records, summary_metrics, write_report
 from ..schema import from_dict, to_dict
+from .cell_stage import MASK_FILE
 from .irp_stage import reference_chains
 from .stage import Job, Runner, Stage, TrackedRun, execute_job, register_stage
 from .store import StageStore
@@ -26,6 +28,9 @@ def cell_records(store: StageStore, digests: list[str]) -> list[CellRecord]:
     for digest in digests:
         record = store.record("cell", digest)
         spec, result = from_dict(CellSpec, record["config"]), record["result"]
+        mask = store.output("cell", digest) / MASK_FILE
+        if "empty_units" not in result and mask.is_file():  # cells finished before results carried them
+            result["empty_units"] = Mask.load(mask).empty_units()
         records.append(CellRecord.of(spec, result))
     return records
 

@@ -65,7 +65,7 @@ def _rename_into_place(tmp: Path, final: Path) -> None:
     except OSError:
         if not final.is_dir():
             raise
-        shutil.rmtree(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class StageStore:
@@ -131,6 +131,9 @@ class StageStore:
         and publish the directory as the finished stage."""
         final = self.local / kind / digest
         tmp = final.parent / f".tmp-{digest}-{uuid.uuid4().hex[:8]}"
+        if final.parent.is_dir():  # an earlier attempt at this job was killed mid-write: its files are stale
+            for stale in final.parent.glob(f".tmp-{digest}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
         try:
             tmp.mkdir(parents=True)
         except (FileExistsError, NotADirectoryError) as error:

@@ -23,6 +23,8 @@ from .registry import Registry
 
 Counts = dict[str, int]
 Shapes = Mapping[str, torch.Size]
+GLOBAL = "global"  # counts follow the scores: one threshold over every layer
+LEARNED = "learned"  # counts from a fitted allocator (autosparse/allocator.py)
 
 
 class DensityError(UserError):
@@ -172,6 +174,3 @@ def erk(shapes: Shapes, density: float) -> dict[str, float]:
     """Erdos-Renyi-Kernel densities (Evci et al. 2020, RigL)."""
     return erk_densities(shapes, density)
 
-
-GLOBAL = "global"
-LEARNED = "learned"

@@ -195,9 +195,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import load_config, load_space
     from .orchestration.tuning import TuneRequest, run_tuning
-    from .tuning_space import load_space
 
     request = TuneRequest(space=load_space(args.space), space_path=args.space, base=load_config(args.base),
                           workspace=args.workspace, options=run_options(args))

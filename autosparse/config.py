@@ -162,6 +162,7 @@ class ScorerConfig:
     epochs: int = 30
     rows_per_epoch: int = 200_000
     patience: int = 5
+    selection_tolerance: float = 0.01
     validation: Literal["layers", "sources"] = "layers"
     validation_fraction: float = 0.25
     seed: int = 0
@@ -173,6 +174,8 @@ class ScorerConfig:
               f"must be in (0, 1), got {self.validation_fraction!r}")
         for key in ("lr", "batch_size", "epochs", "rows_per_epoch", "patience"):
             _positive(getattr(self, key), key)
+        check(self.selection_tolerance >= 0, "selection_tolerance",
+              f"must be >= 0, got {self.selection_tolerance!r}")
         check(self.steps is None or self.steps >= 1, "steps", f"must be at least 1, got {self.steps!r}")
         check(all(h > 0 for h in self.hidden), "hidden", f"sizes must be positive, got {self.hidden!r}")
         check(self.target == "survival" or self.loss == "bce", "loss",

@@ -1,9 +1,9 @@
 """Choosing the AutoS design on validation sources only: leave one source out, never a test target.
 
-    .venv/bin/python benchmarks/validate_designs.py [--config benchmarks/accuracy.yaml] [--workspace DIR]
+    .venv/bin/autosparse irp benchmarks/validation.yaml --workspace DIR
+    .venv/bin/python benchmarks/validate_designs.py [--config benchmarks/validation.yaml] [--workspace DIR]
 
-For every source chain of the config (read from the workspace, where `benchmarks/accuracy.py` or
-`autosparse irp` put them), each candidate design is fitted on the OTHER sources only, then prunes that
+For every source chain of the config (read from the workspace, where `autosparse irp` put them), each candidate design is fitted on the OTHER sources only, then prunes that
 held-out source's (model, dataset) pair at validation seeds (10, 11: no test target uses them), and the
 network trains with its recipe. Writes benchmarks/results/validation/{results.jsonl, validation.md}.
 Rows that are already in results.jsonl are not recomputed.
@@ -83,7 +83,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(Path(__file__).with_name("accuracy.yaml")))
+    parser.add_argument("--config", default=str(Path(__file__).with_name("validation.yaml")))
     parser.add_argument("--workspace", default="autosparse-workspace-benchmark")
     parser.add_argument("--seeds", default="10,11")
     parser.add_argument("--sparsities", default="0.98,0.99")

@@ -19,7 +19,7 @@ from autosparse.data import load_dataset
 from autosparse.models import build_model
 from autosparse.schema import ConfigError
 from autosparse.scorer import SCORER_NETWORKS, ScorerFormatError, fit_scorer, load_scorer, scorer_from_fit
-from autosparse.scorer.fit import (Normalization, split_parts, targets_for, to_part, train_network,
+from autosparse.scorer.fit import (Normalization, chosen_epoch, split_parts, targets_for, to_part, train_network,
                                    validation_layers)
 from autosparse.scorer.losses import SCORER_LOSSES
 from autosparse.scorer.metrics import (layer_density_error, round_for_density, spearman,
@@ -335,15 +335,22 @@ def test_the_saved_scorer_is_refitted_on_every_row(fitted):
         assert torch.equal(fitted.network.state_dict()[key], value), key
 
 
-def test_fit_chooses_the_epoch_with_the_best_validation_iou(fitted):
+def test_fit_chooses_the_latest_epoch_near_the_best_validation_iou(fitted):
     ious = [h["within_layer_iou"] for h in fitted.history]
-    assert fitted.best["epoch"] == ious.index(max(ious))
-    assert fitted.best["within_layer_iou"] == max(ious)
+    assert fitted.best["epoch"] == chosen_epoch(ious, fit_config().selection_tolerance)
+    assert fitted.best["within_layer_iou"] >= max(ious) - 0.01
     assert not fitted.network.training
 
 
-def test_early_stopping_after_patience_epochs_without_improvement():
-    result = fit_scorer([synthetic(0)], fit_config(epochs=30, patience=2, lr=0.05))
+def test_chosen_epoch_prefers_more_training_where_the_metric_is_flat():
+    assert chosen_epoch([0.734, 0.730, 0.729, 0.733, 0.70], 0.01) == 3  # not epoch 0, the first peak
+    assert chosen_epoch([0.5, 0.7, 0.6], 0.01) == 1
+    assert chosen_epoch([0.5, 0.7, 0.6], 0.0) == 1
+    assert chosen_epoch([0.7, 0.7], 0.0) == 1
+
+
+def test_early_stopping_after_patience_epochs_clearly_below_the_best():
+    result = fit_scorer([synthetic(0)], fit_config(epochs=30, patience=2, lr=0.05, selection_tolerance=0.0))
     best = int(result.best["epoch"])
     assert len(result.history) <= best + 1 + 2
     assert len(result.history) < 30

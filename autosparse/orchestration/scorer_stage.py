@@ -14,6 +14,7 @@ from ..features import feature_versions
 from ..pruning import MethodSpec
 from ..schema import ConfigError, to_dict
 from ..scorer import fit_scorer, scorer_from_fit
+from ..scorer.fit import FIT_VERSION
 from ..survival import read_survival
 from .irp_stage import chains_for, source_chains, survival_path
 from .stage import Job, Stage, TrackedRun, register_stage
@@ -37,7 +38,8 @@ def scorer_job(scorer: ScorerConfig, chains: list[Job]) -> Job:
                           f"got {len(chains)} ({', '.join(c.label for c in chains)})")
     return Job("scorer", scorer, tuple(c.digest for c in chains),
                f"{scorer.name}@{'+'.join(c.config.pair for c in chains)}",
-               {"features": feature_versions(scorer.features)}, {"scorer.name": scorer.name, **learned_from(chains)})
+               {"features": feature_versions(scorer.features), "fit_version": FIT_VERSION},
+               {"scorer.name": scorer.name, **learned_from(chains)})
 
 
 def scorer_for(config: PipelineConfig, name: str, target) -> Job:

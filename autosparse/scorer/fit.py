@@ -22,6 +22,7 @@ from .metrics import (IOU_DENSITIES, density_key, layer_density_error, round_for
                       within_layer_iou)
 from .networks import SCORER_NETWORKS
 
+FIT_VERSION = 2  # bump when fitting changes behaviour under an unchanged config (it enters stage hashes)
 INFERENCE_CHUNK = 1 << 18
 METRIC_ROWS = 400_000
 SELECTION = "within_layer_iou"
@@ -241,7 +242,8 @@ def fit_scorer(
     train_parts, validation_parts = split_parts(datasets, config)
     held_out_parts = [to_part(config, training_rows(config, data), True) for data in held_out]
     history: list[dict[str, float]] = []
-    best = {"score": -math.inf, "epoch": 0, "stale": 0}
+    scores: list[float] = []
+    stale = [0]
 
     def after_epoch(epoch: int, network: nn.Module, normalization: Normalization, loss: float) -> bool:
         metrics = {"loss": loss, **evaluate_parts(network, normalization, validation_parts, conditional, config.seed)}
@@ -251,17 +253,26 @@ def fit_scorer(
         history.append(metrics)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
-        score = metrics.get(SELECTION, -metrics["loss"])
-        if score > best["score"]:
-            best.update(score=score, epoch=epoch, stale=0)
-            return True
-        best["stale"] += 1
-        return best["stale"] < config.patience
+        scores.append(metrics.get(SELECTION, -metrics["loss"]))
+        stale[0] = 0 if scores[-1] >= max(scores) - config.selection_tolerance else stale[0] + 1
+        return stale[0] < config.patience
 
     train_network(train_parts, config, config.epochs, after_epoch, progress, "fit-scorer (choose epochs)")
-    epochs = best["epoch"] + 1
+    best = chosen_epoch(scores, config.selection_tolerance)
+    epochs = best + 1
     all_parts = [to_part(config, training_rows(config, data), True) for data in datasets]
     network, normalization = train_network(all_parts, config, epochs, progress=progress,
                                            description="fit-scorer (all rows)")
-    return FitResult(network, normalization, history, {"epoch": float(best["epoch"]), **history[best["epoch"]]},
+    return FitResult(network, normalization, history, {"epoch": float(best), **history[best]},
                      epochs, sum(len(p) for p in all_parts), sum(len(p) for p in validation_parts))
+
+
+def chosen_epoch(scores: Sequence[float], tolerance: float) -> int:
+    """The latest epoch whose validation score is within `tolerance` of the best one.
+
+    The pruning metrics are flat within noise over many epochs; taking the first peak once chose a scorer
+    trained for a single epoch (BENCHMARKS.md, "Choosing the number of epochs"). Early stopping likewise
+    counts only epochs more than `tolerance` below the best.
+    """
+    best = max(scores)
+    return max(i for i, score in enumerate(scores) if score >= best - tolerance)

@@ -33,7 +33,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))  # keeps order
 
 
 def read_header(raw: Any, path: Path, error: type[Exception], expected_format: str, version: int,

@@ -36,13 +36,21 @@ def final_state(store: StageStore, job: Job) -> IRPState:
     return latest_checkpoint(store, job)[1]
 
 
+def command_line(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # exited meanwhile
+        return ""
+
+
 def kill_worker_after(store: StageStore, job: Job, reported_rounds: int, timeout: float = 300) -> int:
     """Wait until `reported_rounds` round checkpoints exist, then SIGKILL the Ray Train worker."""
     deadline = time.monotonic() + timeout
     while len(checkpoints(store, job)) < reported_rounds:
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.05)
-    workers = [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+    ours = psutil.Process().children(recursive=True)  # this test's local Ray, not another one on the machine
+    workers = [p for p in ours if "RayTrainWorker" in command_line(p)]
     assert len(workers) == 1, workers
     workers[0].kill()
     return workers[0].pid

@@ -77,3 +77,11 @@ def test_unreachable_ray_address_fails_fast(tmp_path: Path) -> None:
     assert result.returncode != 0 and "cannot reach Ray at '127.0.0.1:1'" in err and len(err.splitlines()) == 1
     assert time.monotonic() - started < 60
     assert not (tmp_path / "ws").exists()
+
+
+def test_stage_records_keep_the_order_they_were_written_in(tmp_path: Path) -> None:
+    """Per-layer results are read in the network's layer order (input to output), not alphabetically."""
+    store = StageStore(tmp_path)
+    with store.writing("cell", "abc") as (folder, record):
+        record["layer_densities"] = {"0.weight": 0.5, "2.weight": 0.1, "10.weight": 0.2}
+    assert list(store.record("cell", "abc")["layer_densities"]) == ["0.weight", "2.weight", "10.weight"]

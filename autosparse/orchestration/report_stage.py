@@ -28,9 +28,11 @@ def cell_records(store: StageStore, digests: list[str]) -> list[CellRecord]:
     for digest in digests:
         record = store.record("cell", digest)
         spec, result = from_dict(CellSpec, record["config"]), record["result"]
-        mask = store.output("cell", digest) / MASK_FILE
-        if "empty_units" not in result and mask.is_file():  # cells finished before results carried them
-            result["empty_units"] = Mask.load(mask).empty_units()
+        path = store.output("cell", digest) / MASK_FILE
+        if path.is_file():  # the mask knows the layers' order (input to output); a JSON record may not
+            mask = Mask.load(path)
+            result["layer_densities"] = {name: result["layer_densities"][name] for name in mask}
+            result["empty_units"] = mask.empty_units()
         records.append(CellRecord.of(spec, result))
     return records
 

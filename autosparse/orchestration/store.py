@@ -141,7 +141,7 @@ class StageStore:
         record: dict = {}
         try:
             yield tmp, record
-            marker = json.dumps({"kind": kind, "hash": digest, **record}, indent=2, sort_keys=True)
+            marker = json.dumps({"kind": kind, "hash": digest, **record}, indent=2)  # keeps layer order
             if self.remote:
                 self._upload(tmp, self.path(kind, digest), last={MARKER: marker})
             (tmp / MARKER).write_text(marker)

@@ -31,19 +31,23 @@ from autosparse.recipes import train_config
 from autosparse.scorer import fit_scorer, scorer_from_fit
 from autosparse.survival import read_survival
 
-WIDE_FEATURES = ["log_abs_w0_z", "log_snip_z", "synflow_z", "log_snip_gz", "synflow_gz", "in_unit_kept",
-                 "out_unit_kept", "log_layer_density", "log_density", "depth", "log_layer_share"]
+# `wide` is the default conditional scorer (config.CONDITIONAL_FEATURES); `narrow` reads its five
+# within-layer features only (the default before this comparison).
+NARROW_FEATURES = ["log_abs_w0_z", "log_snip_z", "synflow_z", "in_unit_kept", "out_unit_kept"]
 SCORERS = {
     "paper": ScorerConfig(name="paper", network="paper_mlp", features=["w0", "g0"], target="survival", loss="mse",
                           epochs=4, rows_per_epoch=30000),
     "oneshot": ScorerConfig(name="oneshot", hidden=[32, 32], features=list(TRANSFERABLE_FEATURES), target="survival",
                             loss="pairwise", epochs=20),
-    "conditional": ScorerConfig(name="conditional"),
-    "wide": ScorerConfig(name="wide", features=WIDE_FEATURES),
+    "narrow": ScorerConfig(name="narrow", features=NARROW_FEATURES, validation="layers"),
+    "wide": ScorerConfig(name="wide", validation="layers"),
+    "narrow-src": ScorerConfig(name="narrow-src", features=NARROW_FEATURES, validation="sources"),
+    "wide-src": ScorerConfig(name="wide-src", validation="sources"),
 }
 DESIGNS = ["synflow", "iter_snip", "snip/iter20@alloc:learned", "autos:paper", "autos:oneshot@alloc:learned",
-           "autos:conditional/iter20", "autos:conditional/iter20@alloc:synflow", "autos:wide/iter20@alloc:learned",
-           "autos:conditional/iter20@alloc:learned"]
+           "autos:narrow/iter20", "autos:narrow/iter20@alloc:synflow", "autos:narrow/iter20@alloc:learned",
+           "autos:wide/iter20@alloc:learned", "autos:narrow-src/iter20@alloc:learned",
+           "autos:wide-src/iter20@alloc:learned"]
 
 
 def fitted(held: str, others: list, out: Path, scorer: str | None, allocator: bool) -> tuple:

@@ -22,8 +22,8 @@ from autosparse.orchestration.cell_stage import target_cells
 from autosparse.orchestration.irp_stage import source_chains
 from autosparse.orchestration.pipeline import Pipeline
 from autosparse.orchestration.runtime import RunOptions
-from autosparse.orchestration.stage import (STAGES, Job, Runner, Stage, TrackedRun, execute_job, ordered_stages,
-                                            register_stage, stage_hash)
+from autosparse.orchestration.stage import (STAGES, Job, LineProgress, Runner, Stage, TrackedRun, execute_job,
+                                            ordered_stages, register_stage, stage_hash)
 from autosparse.orchestration.store import MARKER, StageStore
 from autosparse.schema import to_dict
 
@@ -277,3 +277,17 @@ def test_prune_covers_exactly_the_declared_tensors(method):
     untouched = DeclaresPrunable()
     for name in ("first.weight", "second.bias", "head.weight", "head.bias"):  # undeclared: never pruned
         assert torch.equal(model.get_parameter(name), untouched.get_parameter(name)), name
+
+
+def test_line_progress_reports_each_finished_tenth_once():
+    lines: list[str] = []
+    progress = LineProgress(25, "matrix cells", lines.append)
+    for _ in range(25):
+        progress.update()
+    assert [int(line.split(": ")[1].split("/")[0]) for line in lines] == [3, 5, 8, 10, 13, 15, 18, 20, 23, 25]
+    assert lines[-1] == "matrix cells: 25/25 finished"
+    few: list[str] = []
+    progress = LineProgress(3, "cells", few.append)
+    for _ in range(3):
+        progress.update()
+    assert few == ["cells: 1/3 finished", "cells: 2/3 finished", "cells: 3/3 finished"]

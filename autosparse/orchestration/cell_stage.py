@@ -142,7 +142,7 @@ class CellStage(Stage):
         import ray
 
         matrix = runner.config.matrix
-        bar = progress_bar(len(jobs), "matrix cells", runner.progress)
+        bar = progress_bar(len(jobs), "matrix cells", runner)
         if matrix.workers_per_run > 1:
             for job in jobs:
                 self.run_distributed(job, runner)

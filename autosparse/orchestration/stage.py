@@ -179,8 +179,27 @@ def execute_job(job_data: dict, workspace: str, data_config: dict, threads: int 
     return store.record(job.kind, job.digest)
 
 
-def progress_bar(total: int, description: str, enabled: bool):
+class LineProgress:
+    """Progress for logs (`--no-progress`, `ray job logs`): one line each time another tenth is finished."""
+
+    def __init__(self, total: int, description: str, echo: Callable[[str], None]):
+        self.total, self.description, self.echo = total, description, echo
+        self.done = self.reported = 0
+
+    def update(self) -> None:
+        self.done += 1
+        if self.done == self.total or 10 * self.done // self.total > 10 * self.reported // self.total:
+            self.reported = self.done
+            self.echo(f"{self.description}: {self.done}/{self.total} finished")
+
+    def close(self) -> None:
+        """Nothing to release (the same interface as a tqdm bar)."""
+
+
+def progress_bar(total: int, description: str, runner: Runner):
+    """A tqdm bar, or with progress bars off, a line per finished tenth."""
+    if not runner.progress:
+        return LineProgress(total, description, runner.echo)
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=description, unit="job", disable=not enabled,
-                mininterval=0.2 if sys.stderr.isatty() else 30.0)
+    return tqdm(total=total, desc=description, unit="job", mininterval=0.2 if sys.stderr.isatty() else 30.0)

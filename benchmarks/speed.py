@@ -68,7 +68,7 @@ def resnet18_and_batch(device: torch.device):
 
 def pruning_rows(repeats: int, device: torch.device) -> list[dict]:
     """Whole `prune` calls on ResNet-18 (CIFAR-10 shape, a batch of 256) at 98% sparsity: what a cell
-    waits for. AutoS is the default conditional scorer (5 features, 64-64) in 20 steps under a fixed
+    waits for. AutoS is the default conditional scorer (its default features, 64-64) in 20 steps under a fixed
     allocation (a learned one costs a linear model per layer: nothing next to the steps)."""
     model, batch, weights = resnet18_and_batch(device)
     autos = untrained_scorer("compact_mlp", CONDITIONAL_FEATURES, [64, 64], steps=20)

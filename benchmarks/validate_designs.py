@@ -3,7 +3,8 @@
     .venv/bin/autosparse irp benchmarks/validation.yaml --workspace DIR
     .venv/bin/python benchmarks/validate_designs.py [--config benchmarks/validation.yaml] [--workspace DIR]
 
-For every source chain of the config (read from the workspace, where `autosparse irp` put them), each candidate design is fitted on the OTHER sources only, then prunes that
+For every source chain of the config (read from the workspace, where `autosparse irp` put them), each
+candidate design is fitted on the OTHER sources only, then prunes that
 held-out source's (model, dataset) pair at validation seeds (10, 11: no test target uses them), and the
 network trains with its recipe. Writes benchmarks/results/validation/{results.jsonl, validation.md}.
 Rows that are already in results.jsonl are not recomputed.
@@ -108,24 +109,25 @@ def main() -> None:
             model, dataset_name = held.split("/")
             dataset = load_dataset(dataset_name)
             for design in DESIGNS:
+                missing = [(sparsity, seed) for sparsity in map(float, args.sparsities.split(","))
+                           for seed in map(int, args.seeds.split(",")) if (design, held, sparsity, seed) not in done]
+                if not missing:
+                    continue
                 method = MethodSpec.parse(design)
                 scorer, allocator = fitted(held, others, Path(scratch), method.scorer_name,
                                            method.allocation == "learned")
-                for sparsity in map(float, args.sparsities.split(",")):
-                    for seed in map(int, args.seeds.split(",")):
-                        if (design, held, sparsity, seed) in done:
-                            continue
-                        spec = CellSpec(ModelOnData(model, dataset_name), design, sparsity, seed,
-                                        train_config(dataset_name, model))
-                        result = run_cell(spec, dataset, scorer, allocator)
-                        row = {"design": design, "held_out": held, "sparsity": sparsity, "seed": seed,
-                               "accuracy": result["test_accuracy"], "layer_densities": result["layer_densities"]}
-                        rows.append(row)
-                        with results.open("a") as handle:
-                            handle.write(json.dumps(row) + "\n")
-                        print(f"{held:18s} {design:42s} {sparsity:.2f} seed {seed}: {100 * row['accuracy']:.1f}",
-                              flush=True)
-    text = (f"Leave-one-source-out over the sources of `{args.config}`; validation seeds {args.seeds}; test accuracy "
+                for sparsity, seed in missing:
+                    spec = CellSpec(ModelOnData(model, dataset_name), design, sparsity, seed,
+                                    train_config(dataset_name, model))
+                    result = run_cell(spec, dataset, scorer, allocator)
+                    row = {"design": design, "held_out": held, "sparsity": sparsity, "seed": seed,
+                           "accuracy": result["test_accuracy"], "layer_densities": result["layer_densities"]}
+                    rows.append(row)
+                    with results.open("a") as handle:
+                        handle.write(json.dumps(row) + "\n")
+                    print(f"{held:18s} {design:42s} {sparsity:.2f} seed {seed}: {100 * row['accuracy']:.1f}",
+                          flush=True)
+    text = (f"Leave-one-source-out over the sources of `{Path(args.config).name}`; validation seeds {args.seeds}; test accuracy "
             f"in %, mean over seeds.\n\n" + table(rows))
     atomic_write(out / "validation.md", lambda tmp: Path(tmp).write_text(text))
     print(text)

@@ -10,7 +10,6 @@ masks are measured; nothing is trained. Writes benchmarks/results/validation/con
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 from collections import defaultdict
@@ -19,17 +18,14 @@ from pathlib import Path
 import torch
 
 from autosparse import build_model
-from autosparse.config import ModelOnData, load_config
+from autosparse.config import ModelOnData
 from autosparse.connectivity import effective_mask
 from autosparse.data import load_dataset
 from autosparse.experiment import CellSpec, cell_mask
 from autosparse.io import atomic_write
-from autosparse.orchestration.irp_stage import source_chains, survival_path
-from autosparse.orchestration.store import StageStore
 from autosparse.pruning import MethodSpec
 from autosparse.recipes import train_config
-from autosparse.survival import read_survival
-from validate_designs import fitted
+from validate_designs import fitted, leave_one_out_arguments, source_survival
 
 DESIGNS = ["synflow", "iter_snip", "snip/iter20@alloc:learned", "autos:narrow/iter20@alloc:learned",
            "autos:wide/iter20@alloc:learned"]
@@ -45,18 +41,11 @@ def measure(spec: CellSpec, dataset, scorer, allocator) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(Path(__file__).with_name("validation.yaml")))
-    parser.add_argument("--workspace", default="autosparse-workspace-benchmark")
+    parser = leave_one_out_arguments(__doc__.splitlines()[0], "benchmarks/results/validation/connectivity.md")
     parser.add_argument("--held", default="", help="comma-separated held-out pairs (default: every source)")
-    parser.add_argument("--seeds", default="10,11")
-    parser.add_argument("--sparsities", default="0.98,0.99")
-    parser.add_argument("--out", default="benchmarks/results/validation/connectivity.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    config = load_config(args.config)
-    store = StageStore(args.workspace)
-    chains = {job.config.pair: read_survival(survival_path(store, job.digest)) for job in source_chains(config)}
+    chains = source_survival(args.config, args.workspace)
     held_out = args.held.split(",") if args.held else list(chains)
     unknown = sorted(set(held_out) - set(chains))
     if unknown:

@@ -86,18 +86,28 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def leave_one_out_arguments(description: str, out: str) -> argparse.ArgumentParser:
+    """The options every leave-one-source-out script shares."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", default=str(Path(__file__).with_name("validation.yaml")))
     parser.add_argument("--workspace", default="autosparse-workspace-benchmark")
     parser.add_argument("--seeds", default="10,11")
     parser.add_argument("--sparsities", default="0.98,0.99")
-    parser.add_argument("--out", default="benchmarks/results/validation")
-    args = parser.parse_args()
+    parser.add_argument("--out", default=out)
+    return parser
+
+
+def source_survival(config_path: str, workspace: str) -> dict:
+    """(model/dataset pair) -> survival dataset of each source chain of the config, read from the workspace."""
+    store = StageStore(workspace)
+    return {job.config.pair: read_survival(survival_path(store, job.digest))
+            for job in source_chains(load_config(config_path))}
+
+
+def main() -> None:
+    args = leave_one_out_arguments(__doc__.splitlines()[0], "benchmarks/results/validation").parse_args()
     torch.set_num_threads(1)
-    config = load_config(args.config)
-    store = StageStore(args.workspace)
-    chains = {job.config.pair: read_survival(survival_path(store, job.digest)) for job in source_chains(config)}
+    chains = source_survival(args.config, args.workspace)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"

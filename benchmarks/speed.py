@@ -22,7 +22,7 @@ import torch
 
 from autosparse import build_model, prune
 from autosparse.allocation import SHAPE_ALLOCATIONS
-from autosparse.config import CONDITIONAL_FEATURES, TRANSFERABLE_FEATURES
+from autosparse.config import CONDITIONAL_FEATURES, CONDITIONAL_STEPS, TRANSFERABLE_FEATURES
 from autosparse.criteria import ScoringContext
 from autosparse.features import compute_features
 from autosparse.io import atomic_write
@@ -68,17 +68,17 @@ def resnet18_and_batch(device: torch.device):
 
 def pruning_rows(repeats: int, device: torch.device) -> list[dict]:
     """Whole `prune` calls on ResNet-18 (CIFAR-10 shape, a batch of 256) at 98% sparsity: what a cell
-    waits for. AutoS is the default conditional scorer (its default features, 64-64) in 20 steps under a fixed
-    allocation (a learned one costs a linear model per layer: nothing next to the steps)."""
+    waits for. AutoS is the default conditional scorer (its default features, 64-64, CONDITIONAL_STEPS steps)
+    under a fixed allocation (a learned one costs a linear model per layer: nothing next to the steps)."""
     model, batch, weights = resnet18_and_batch(device)
-    autos = untrained_scorer("compact_mlp", CONDITIONAL_FEATURES, [64, 64], steps=20)
+    autos = untrained_scorer("compact_mlp", CONDITIONAL_FEATURES, [64, 64], steps=CONDITIONAL_STEPS)
     autos.network.to(device)
     uniform = SHAPE_ALLOCATIONS.get("uniform").counts
     methods = {
         "SNIP, one shot (1 backward pass)": dict(method="snip"),
         "SynFlow, 100 steps (its own scoring)": dict(method="synflow"),
         "Iterative SNIP, 20 steps (1 backward pass each)": dict(method="snip", steps=20),
-        "AutoS conditional, 20 steps (features + scoring each step)": dict(method=autos, allocation=uniform),
+        f"AutoS conditional, {CONDITIONAL_STEPS} steps (features + scoring each step)": dict(method=autos, allocation=uniform),
     }
     rows = []
     for what, kwargs in methods.items():

@@ -47,7 +47,7 @@ SCORERS = {
 }
 DESIGNS = ["synflow", "iter_snip", "snip/iter20@alloc:learned", "autos:paper", "autos:oneshot@alloc:learned",
            "autos:narrow/iter20", "autos:narrow/iter20@alloc:synflow", "autos:narrow/iter20@alloc:learned",
-           "autos:wide/iter20@alloc:learned", "autos:narrow-src/iter20@alloc:learned",
+           "autos:wide/iter20@alloc:learned", "autos:wide/iter10@alloc:learned", "autos:narrow-src/iter20@alloc:learned",
            "autos:wide-src/iter20@alloc:learned"]
 
 

@@ -105,7 +105,13 @@ def source_survival(config_path: str, workspace: str) -> dict:
 
 
 def main() -> None:
-    args = leave_one_out_arguments(__doc__.splitlines()[0], "benchmarks/results/validation").parse_args()
+    parser = leave_one_out_arguments(__doc__.splitlines()[0], "benchmarks/results/validation")
+    parser.add_argument("--designs", default=",".join(DESIGNS), help="comma-separated subset of the designs")
+    args = parser.parse_args()
+    designs = args.designs.split(",")
+    unknown = sorted(set(designs) - set(DESIGNS))
+    if unknown:
+        parser.error(f"--designs: unknown design {unknown[0]!r}")
     torch.set_num_threads(1)
     chains = source_survival(args.config, args.workspace)
     out = Path(args.out)
@@ -118,7 +124,7 @@ def main() -> None:
             others = [d for pair, d in chains.items() if pair != held]
             model, dataset_name = held.split("/")
             dataset = load_dataset(dataset_name)
-            for design in DESIGNS:
+            for design in designs:
                 missing = [(sparsity, seed) for sparsity in map(float, args.sparsities.split(","))
                            for seed in map(int, args.seeds.split(",")) if (design, held, sparsity, seed) not in done]
                 if not missing:

@@ -49,7 +49,7 @@ class MethodSpec:
     """A pruning method: a criterion (or `autos:<scorer name>`), its number of steps and its allocation.
 
     Written `criterion[/iterK][@alloc:NAME]`, e.g. `snip`, `snip/iter20@alloc:synflow`,
-    `autos:conditional/iter10@alloc:learned`. Without `/iterK` the criterion's own default is used
+    `autos:conditional/iter20@alloc:learned`. Without `/iterK` the criterion's own default is used
     (100 for SynFlow, 1 otherwise); without `@alloc:` the allocation is global.
     """
 

@@ -44,7 +44,7 @@ def test_load_quickstart_is_the_default():
     assert [s.pair for s in config.sources] == ["conv/digits", "conv1d/mnist1d"]
     assert config.matrix.sparsities == [0.9, 0.98] and config.matrix.seeds == [0, 1]
     assert config.matrix.train == {}  # the targets train with their recipes
-    assert "autos:conditional/iter10@alloc:learned" in config.matrix.methods
+    assert "autos:conditional/iter20@alloc:learned" in config.matrix.methods
     assert {"synflow", "snip/iter20@alloc:learned", "autos:paper"} <= set(config.matrix.methods)
     assert config.data.score_batch_size == 256 and config.data.download is False  # untouched default
 

@@ -403,6 +403,19 @@ class TuneSpace:
             data["features"] = list(self.feature_groups[group])
         return from_dict(ScorerConfig, data, where="scorer")
 
+    def features_read(self) -> set[str]:
+        """Every feature some candidate scorer of this space reads."""
+        choices = self.space["features"].values_to_check() if "features" in self.space else [None]
+        return {name for choice in choices
+                for name in self.resolve({} if choice is None else {"features": choice}).features}
+
+    def check_features(self, computed: list[str], base: str) -> None:
+        """Fail before any trial runs if a candidate reads a feature the base config's IRP chains lack."""
+        missing = sorted(self.features_read() - set(computed))
+        if missing:
+            raise ConfigError(f"features: candidates read {', '.join(missing)}, which the IRP chains of {base!r} "
+                              "do not compute (its irp.features); add them there or drop those feature groups")
+
     def validate(self) -> None:
         """Every candidate value of every dimension makes a valid ScorerConfig."""
         self.resolve({})

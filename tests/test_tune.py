@@ -7,7 +7,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from autosparse.config import ScorerConfig, load_space
+from autosparse.config import ScorerConfig, load_config, load_space
 from autosparse.schema import ConfigError, from_dict
 
 from conftest import REPO, run_cli
@@ -35,6 +35,15 @@ def test_space_rejects_non_scorer_fields(tmp_path: Path) -> None:
 def test_feature_groups_expand() -> None:
     space = load_space(REPO / "tuning" / "scorer_space.yaml")
     assert space.resolve({"features": "paper"}).features == ["w0", "g0"]
+
+
+def test_a_space_reading_features_the_base_chains_lack_fails_before_any_trial() -> None:
+    space = load_space(REPO / "tuning" / "scorer_space.yaml")
+    quickstart = load_config("quickstart")
+    space.check_features(quickstart.irp.features, "quickstart")
+    space.space["features"].choice.append("all")
+    with pytest.raises(ConfigError, match=r"candidates read .*grasp.*IRP chains of 'quickstart'"):
+        space.check_features(quickstart.irp.features, "quickstart")
 
 
 @pytest.mark.slow

@@ -114,6 +114,10 @@ def run_tuning(request: TuneRequest) -> TuneResult:
     space, base, options = request.space, request.base, request.options
     if space.objective == "downstream" and space.metric != "downstream_accuracy":
         raise ConfigError(f"{request.space_path}: metric: objective 'downstream' reports 'downstream_accuracy'")
+    try:
+        space.check_features(base.irp.features, base.name)
+    except ConfigError as error:
+        raise ConfigError(f"{request.space_path}: {error}") from None
     sources, references = source_chains(base), reference_chains(base)
     if space.objective == "proxy" and not references:
         raise ConfigError(f"{base.name}: the proxy objective needs held-out survival data: "

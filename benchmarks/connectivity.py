@@ -71,7 +71,8 @@ def main() -> None:
     lines = [f"Masks of the designs on each held-out source, fitted on the other sources of `{args.config}`; seeds "
              f"{args.seeds}; mean over seeds. 'on a path': share of the kept weights that lie on an input-output "
              "path; 'dead units': per layer, output units left with no kept input on such a path.", "",
-             "| held out | design | sparsity | density | on a path | dead units per layer |", "|---|---|---|---|---|---|"]
+             "| held out | design | sparsity | density | on a path | dead units per layer |",
+             "|---|---|---|---|---|---|"]
     for (held, design, sparsity), found in rows.items():
         share = statistics.fmean(r["effective"] / r["density"] for r in found)
         dead = " ".join(f"{statistics.fmean(r['dead_units'][n] for r in found):.0f}/{found[0]['units'][n]}"

@@ -47,8 +47,8 @@ SCORERS = {
 }
 DESIGNS = ["synflow", "iter_snip", "snip/iter20@alloc:learned", "autos:paper", "autos:oneshot@alloc:learned",
            "autos:narrow/iter20", "autos:narrow/iter20@alloc:synflow", "autos:narrow/iter20@alloc:learned",
-           "autos:wide/iter20@alloc:learned", "autos:wide/iter10@alloc:learned", "autos:narrow-src/iter20@alloc:learned",
-           "autos:wide-src/iter20@alloc:learned"]
+           "autos:wide/iter20@alloc:learned", "autos:wide/iter10@alloc:learned",
+           "autos:narrow-src/iter20@alloc:learned", "autos:wide-src/iter20@alloc:learned"]
 
 
 def fitted(held: str, others: list, out: Path, scorer: str | None, allocator: bool) -> tuple:
@@ -143,8 +143,8 @@ def main() -> None:
                         handle.write(json.dumps(row) + "\n")
                     print(f"{held:18s} {design:42s} {sparsity:.2f} seed {seed}: {100 * row['accuracy']:.1f}",
                           flush=True)
-    text = (f"Leave-one-source-out over the sources of `{Path(args.config).name}`; validation seeds {args.seeds}; test accuracy "
-            f"in %, mean over seeds.\n\n" + table(rows))
+    text = (f"Leave-one-source-out over the sources of `{Path(args.config).name}`; validation seeds {args.seeds}; "
+            "test accuracy in %, mean over seeds.\n\n" + table(rows))
     atomic_write(out / "validation.md", lambda tmp: Path(tmp).write_text(text))
     print(text)
 

@@ -271,7 +271,7 @@ def chosen_epoch(scores: Sequence[float], tolerance: float) -> int:
     """The latest epoch whose validation score is within `tolerance` of the best one.
 
     The pruning metrics are flat within noise over many epochs; taking the first peak once chose a scorer
-    trained for a single epoch (BENCHMARKS.md, "Choosing the number of epochs"). Early stopping likewise
+    trained for a single epoch (BENCHMARKS.md, "Choosing the AutoS design"). Early stopping likewise
     counts only epochs more than `tolerance` below the best.
     """
     best = max(scores)

@@ -148,7 +148,8 @@ class ScorerConfig:
     """An AutoS scorer: network, inputs, what it learns, and its fitting schedule.
 
     `target: survival` is the paper's one-shot design (round-0 rows, survival / R); `next_round` learns
-    conditional survival (rows of every round, label: survives the next pruning) and prunes in `steps`.
+    conditional survival (rows of every round, label: survives the next pruning) and prunes in `steps`;
+    with `step_batch_size` each step's features use the next that many examples of the scoring batch in turn.
     """
 
     name: str = "conditional"
@@ -159,6 +160,7 @@ class ScorerConfig:
     loss: Literal["mse", "pairwise", "bce"] = "bce"
     bce_density: float = 0.05
     steps: Optional[int] = None
+    step_batch_size: Optional[int] = None
     normalization: Literal["standard", "none"] = "standard"
     lr: float = 1e-3
     weight_decay: float = 1e-5
@@ -181,6 +183,8 @@ class ScorerConfig:
         check(self.selection_tolerance >= 0, "selection_tolerance",
               f"must be >= 0, got {self.selection_tolerance!r}")
         check(self.steps is None or self.steps >= 1, "steps", f"must be at least 1, got {self.steps!r}")
+        check(self.step_batch_size is None or self.step_batch_size >= 1, "step_batch_size",
+              f"must be at least 1, got {self.step_batch_size!r}")
         check(all(h > 0 for h in self.hidden), "hidden", f"sizes must be positive, got {self.hidden!r}")
         check(self.target == "survival" or self.loss == "bce", "loss",
               f"target 'next_round' is a yes/no label: use loss 'bce', got {self.loss!r}")

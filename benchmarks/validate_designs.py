@@ -42,12 +42,13 @@ SCORERS = {
                             loss="pairwise", epochs=20),
     "narrow": ScorerConfig(name="narrow", features=NARROW_FEATURES, validation="layers"),
     "wide": ScorerConfig(name="wide", validation="layers"),
+    "wide-b64": ScorerConfig(name="wide-b64", validation="layers", step_batch_size=64),
     "narrow-src": ScorerConfig(name="narrow-src", features=NARROW_FEATURES, validation="sources"),
     "wide-src": ScorerConfig(name="wide-src", validation="sources"),
 }
 DESIGNS = ["synflow", "iter_snip", "snip/iter20@alloc:learned", "autos:paper", "autos:oneshot@alloc:learned",
            "autos:narrow/iter20", "autos:narrow/iter20@alloc:synflow", "autos:narrow/iter20@alloc:learned",
-           "autos:wide/iter20@alloc:learned", "autos:wide/iter10@alloc:learned",
+           "autos:wide/iter20@alloc:learned", "autos:wide/iter10@alloc:learned", "autos:wide-b64/iter20@alloc:learned",
            "autos:narrow-src/iter20@alloc:learned", "autos:wide-src/iter20@alloc:learned"]
 
 

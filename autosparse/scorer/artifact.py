@@ -1,10 +1,12 @@
 """The saved AutoS scorer: safetensors weights with a JSON header, usable as a pruning method."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
+import torch
 from torch import nn
 
 from ..config import ScorerConfig
@@ -41,16 +43,25 @@ class Scorer:
         """How many re-scoring steps `autosparse.prune` uses with this scorer unless told otherwise."""
         return int(self.header.get("steps", 1))
 
+    @property
+    def default_step_batch_size(self) -> Optional[int]:
+        """Examples per step `autosparse.prune` scores on unless told otherwise (None: the whole batch)."""
+        return self.header.get("step_batch_size")
+
     def __call__(self, context: ScoringContext) -> Scores:
-        """Score every prunable weight of `context.model` as masked by `context.mask` (a pruning method for
-        `autosparse.prune`) on the model's device; the scores come back on the CPU."""
+        """Score every prunable weight of `context.model` still kept by `context.mask` (a pruning method for
+        `autosparse.prune`) on the model's device; pruned weights score -inf. Scores come back on the CPU."""
         features = compute_features(context.model, context.batches, self.feature_names, context.input_shape,
                                     context.mask)
         parameters = prunable_parameters(context.model)
         self.network.to(next(iter(parameters.values())).device)
-        shapes = {n: p.shape for n, p in parameters.items()}
-        return {layer: predict(self.network, self.normalization, matrix).view(shapes[layer])
-                for layer, matrix in features.items()}
+        scores = {}
+        for layer, matrix in features.items():
+            values = torch.full((len(matrix),), -math.inf)
+            kept = context.mask[layer].flatten().cpu() if context.mask is not None else slice(None)
+            values[kept] = predict(self.network, self.normalization, matrix[kept])
+            scores[layer] = values.view(parameters[layer].shape)
+        return scores
 
     def save(self, path: str | os.PathLike) -> None:
         save_network_file(path, self.network.state_dict(), self.normalization.mean, self.normalization.std,
@@ -60,7 +71,7 @@ class Scorer:
 def scorer_from_fit(result: FitResult, config: ScorerConfig, extra: dict[str, Any]) -> Scorer:
     header = {
         "network": config.network, "hidden": list(config.hidden), "target": config.target,
-        "steps": config.prune_steps,
+        "steps": config.prune_steps, "step_batch_size": config.step_batch_size,
         "features": [{"name": n, "version": FEATURES.get(n).version} for n in config.features],
         "normalization": {"mean": result.normalization.mean.tolist(), "std": result.normalization.std.tolist()},
         "metrics": result.best, "epochs": result.epochs, "train_rows": result.train_rows,

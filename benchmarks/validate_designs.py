@@ -32,23 +32,27 @@ from autosparse.recipes import train_config
 from autosparse.scorer import fit_scorer, scorer_from_fit
 from autosparse.survival import read_survival
 
-# `wide` is the default conditional scorer (config.CONDITIONAL_FEATURES); `narrow` reads its five
-# within-layer features only (the default before this comparison).
+# `wide` reads the default conditional features (config.CONDITIONAL_FEATURES); `narrow` its five within-layer
+# features only (the default before this comparison). Both score every step on the whole scoring batch
+# (validation.yaml's 256 examples), as they were measured; `wide-b64` is the default: 64 examples per step.
 NARROW_FEATURES = ["log_abs_w0_z", "log_snip_z", "synflow_z", "in_unit_kept", "out_unit_kept"]
+WHOLE_BATCH = 256
 SCORERS = {
     "paper": ScorerConfig(name="paper", network="paper_mlp", features=["w0", "g0"], target="survival", loss="mse",
                           epochs=4, rows_per_epoch=30000),
     "oneshot": ScorerConfig(name="oneshot", hidden=[32, 32], features=list(TRANSFERABLE_FEATURES), target="survival",
                             loss="pairwise", epochs=20),
-    "narrow": ScorerConfig(name="narrow", features=NARROW_FEATURES, validation="layers"),
-    "wide": ScorerConfig(name="wide", validation="layers"),
+    "narrow": ScorerConfig(name="narrow", features=NARROW_FEATURES, validation="layers", step_batch_size=WHOLE_BATCH),
+    "wide": ScorerConfig(name="wide", validation="layers", step_batch_size=WHOLE_BATCH),
     "wide-b64": ScorerConfig(name="wide-b64", validation="layers", step_batch_size=64),
-    "narrow-src": ScorerConfig(name="narrow-src", features=NARROW_FEATURES, validation="sources"),
-    "wide-src": ScorerConfig(name="wide-src", validation="sources"),
+    "narrow-src": ScorerConfig(name="narrow-src", features=NARROW_FEATURES, validation="sources",
+                               step_batch_size=WHOLE_BATCH),
+    "wide-src": ScorerConfig(name="wide-src", validation="sources", step_batch_size=WHOLE_BATCH),
 }
 DESIGNS = ["synflow", "iter_snip", "snip/iter20@alloc:learned", "autos:paper", "autos:oneshot@alloc:learned",
            "autos:narrow/iter20", "autos:narrow/iter20@alloc:synflow", "autos:narrow/iter20@alloc:learned",
-           "autos:wide/iter20@alloc:learned", "autos:wide/iter10@alloc:learned", "autos:wide-b64/iter20@alloc:learned",
+           "autos:wide/iter20@alloc:learned", "autos:wide/iter10@alloc:learned",
+           "autos:wide-b64/iter20@alloc:learned",
            "autos:narrow-src/iter20@alloc:learned", "autos:wide-src/iter20@alloc:learned"]
 
 

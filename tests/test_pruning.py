@@ -12,7 +12,7 @@ from torch import nn
 import autosparse
 from autosparse import UserError
 from autosparse.allocation import counts_of, global_counts, keep_count, step_counts, top_k_within_layers
-from autosparse.pruning import MethodSpec, step_densities
+from autosparse.pruning import MethodSpec, step_batches, step_densities
 
 
 def small_net(seed: int = 0) -> nn.Sequential:
@@ -193,3 +193,41 @@ def test_iter_snip_is_snip_in_twenty_steps():
     registered = autosparse.prune(model, 0.97, "iter_snip", batch)
     spelled_out = autosparse.prune(model, 0.97, "snip", batch, steps=20)
     assert all(torch.equal(registered[n], spelled_out[n]) for n in registered)
+
+
+def test_step_batches_cycle_through_slices_of_the_scoring_data():
+    inputs, targets = torch.arange(10.0).view(10, 1), torch.arange(10)
+    halves = [(inputs[:6], targets[:6]), (inputs[6:], targets[6:])]
+    seen = [step_batches(halves, 4, step)[0][1].tolist() for step in (1, 2, 3, 4)]
+    assert seen == [[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 2, 3], [4, 5, 6, 7]]  # the last partial slice is unused
+    assert step_batches(halves, None, 3) is halves
+    assert step_batches(halves, 10, 2) is halves
+    assert step_batches(None, 4, 1) is None
+
+
+def test_each_step_scores_on_its_own_slice():
+    seen = []
+
+    def recording_snip(context):
+        seen.append(context.batches[0][0])
+        return autosparse.CRITERIA.get("snip")(context)
+
+    inputs, targets = data(size=32)
+    autosparse.prune(small_net(), 0.9, recording_snip, (inputs, targets), steps=5, step_batch_size=8)
+    assert [len(batch) for batch in seen] == [8] * 5
+    for step, batch in enumerate(seen):
+        assert torch.equal(batch, inputs[step % 4 * 8:step % 4 * 8 + 8]), step
+
+
+def test_one_step_on_a_slice_is_the_criterion_on_that_slice():
+    inputs, targets = data(size=32)
+    sliced = autosparse.prune(small_net(), 0.9, "snip", (inputs, targets), step_batch_size=8)
+    expected = autosparse.prune(small_net(), 0.9, "snip", (inputs[:8], targets[:8]))
+    whole = autosparse.prune(small_net(), 0.9, "snip", (inputs, targets))
+    assert all(torch.equal(sliced[n], expected[n]) for n in sliced)
+    assert any(not torch.equal(sliced[n], whole[n]) for n in sliced)
+
+
+def test_prune_rejects_an_empty_step_batch():
+    with pytest.raises(UserError, match="step_batch_size"):
+        autosparse.prune(small_net(), 0.9, "snip", data(), step_batch_size=0)

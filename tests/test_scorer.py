@@ -422,6 +422,50 @@ def test_path_and_object_give_identical_scores_and_masks(scorer, saved):
     assert all(torch.equal(mask_object[n], mask_path[n]) for n in mask_object)
 
 
+def test_on_a_masked_network_only_kept_weights_are_scored(scorer):
+    """Pruned weights score -inf; kept ones get what the network predicts for their feature rows (up to
+    float rounding: a matrix product over fewer rows may sum in another order)."""
+    from autosparse.criteria import ScoringContext
+    from autosparse.features import compute_features
+    from autosparse.masks import masked_copy
+    from autosparse.scorer.fit import predict
+
+    digits = load_dataset("digits")
+    model = build_model("mlp", digits.input_shape, digits.num_classes, 3)
+    batch = digits.sample_batch(64, 0)
+    mask = autosparse.prune(model, 0.7, "magnitude")
+    net = masked_copy(model, mask)
+    scores = scorer(ScoringContext(net, [batch], mask=mask))
+    rows = compute_features(copy.deepcopy(net), [batch], scorer.feature_names, mask=mask)
+    for layer, values in scores.items():
+        expected = predict(scorer.network, scorer.normalization, rows[layer]).view(values.shape)
+        torch.testing.assert_close(values[mask[layer]], expected[mask[layer]], rtol=1e-6, atol=1e-6)
+        assert bool((values[~mask[layer]] == -math.inf).all()), layer
+
+
+def test_step_batch_defaults_follow_the_design():
+    assert ScorerConfig().prune_step_batch_size == 64  # conditional: the next 64 examples at each step
+    assert ScorerConfig(target="survival", loss="mse").prune_step_batch_size is None  # one shot: the whole batch
+    assert ScorerConfig(step_batch_size=256).prune_step_batch_size == 256
+    with pytest.raises(ConfigError, match="step_batch_size"):
+        ScorerConfig(step_batch_size=0)
+
+
+def test_the_scorer_carries_its_step_batch_to_prune(fitted):
+    config = fit_config(steps=4, step_batch_size=16)
+    with_batch = scorer_from_fit(fitted, config, {})
+    plain = scorer_from_fit(fitted, fit_config(steps=4), {})
+    assert (with_batch.default_step_batch_size, plain.default_step_batch_size) == (16, None)
+    digits = load_dataset("digits")
+    model = build_model("mlp", digits.input_shape, digits.num_classes, 3)
+    batch = digits.sample_batch(64, 0)
+    by_default = autosparse.prune(model, 0.9, with_batch, batch)
+    told = autosparse.prune(model, 0.9, plain, batch, step_batch_size=16)
+    whole = autosparse.prune(model, 0.9, plain, batch)
+    assert all(torch.equal(by_default[n], told[n]) for n in told)
+    assert any(not torch.equal(by_default[n], whole[n]) for n in told)
+
+
 def test_scorer_ranks_by_the_learned_feature(scorer):
     """Survival grew with w0_z, so within a layer the scorer's scores must follow w0."""
     torch.manual_seed(0)

@@ -71,7 +71,7 @@ class Scorer:
 def scorer_from_fit(result: FitResult, config: ScorerConfig, extra: dict[str, Any]) -> Scorer:
     header = {
         "network": config.network, "hidden": list(config.hidden), "target": config.target,
-        "steps": config.prune_steps, "step_batch_size": config.step_batch_size,
+        "steps": config.prune_steps, "step_batch_size": config.prune_step_batch_size,
         "features": [{"name": n, "version": FEATURES.get(n).version} for n in config.features],
         "normalization": {"mean": result.normalization.mean.tolist(), "std": result.normalization.std.tolist()},
         "metrics": result.best, "epochs": result.epochs, "train_rows": result.train_rows,

@@ -22,7 +22,7 @@ from .metrics import (IOU_DENSITIES, density_key, layer_density_error, round_for
                       within_layer_iou)
 from .networks import SCORER_NETWORKS
 
-FIT_VERSION = 2  # bump when fitting changes behaviour under an unchanged config (it enters stage hashes)
+FIT_VERSION = 3  # bump when fitting or the saved header changes under an unchanged config (enters stage hashes)
 INFERENCE_CHUNK = 1 << 18
 METRIC_ROWS = 400_000
 SELECTION = "within_layer_iou"

@@ -466,6 +466,46 @@ def test_the_scorer_carries_its_step_batch_to_prune(fitted):
     assert any(not torch.equal(by_default[n], whole[n]) for n in told)
 
 
+class Residual(nn.Module):
+    """Outside the registry: depthwise and pointwise convolutions, BatchNorm, a skip connection, LayerNorm."""
+
+    def __init__(self, dims: int, channels: int = 1, classes: int = 10):
+        super().__init__()
+        conv, norm = (nn.Conv1d, nn.BatchNorm1d) if dims == 1 else (nn.Conv2d, nn.BatchNorm2d)
+        self.stem = conv(channels, 8, 3, padding=1)
+        self.depthwise = conv(8, 8, 3, padding=1, groups=8)
+        self.pointwise = conv(8, 8, 1)
+        self.norm = norm(8)
+        self.head = nn.Sequential(nn.LayerNorm(8), nn.Linear(8, classes))
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        h = h + torch.relu(self.norm(self.pointwise(self.depthwise(h))))
+        return self.head(h.flatten(2).mean(2))
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+def test_the_default_scorer_prunes_an_architecture_outside_the_registry(dims):
+    """Every default conditional feature is computable on depthwise convolutions and skip connections."""
+    from autosparse.config import CONDITIONAL_FEATURES
+    from autosparse.scorer.artifact import Scorer
+
+    width = len(CONDITIONAL_FEATURES)
+    network = SCORER_NETWORKS.get("compact_mlp")(width, [8])
+    header = {"steps": 4, "step_batch_size": 16, "features": [{"name": n, "version": 1} for n in CONDITIONAL_FEATURES]}
+    scorer = Scorer(network, Normalization(torch.zeros(width), torch.ones(width)), header)
+    torch.manual_seed(0)
+    model = Residual(dims)
+    batch = (torch.randn(32, 1, *[12] * dims), torch.randint(0, 10, (32,)))
+    steps = []
+    mask = autosparse.prune(model, 0.9, scorer, batch, allocation="erk", on_step=lambda step, m: steps.append(m))
+    assert len(steps) == 4
+    assert list(mask) == ["stem.weight", "depthwise.weight", "pointwise.weight", "head.1.weight"]
+    assert mask.num_kept() == round(0.1 * sum(m.numel() for m in mask.values()))
+    scores = autosparse.score(model, scorer, batch)
+    assert all(bool(torch.isfinite(v).all()) for v in scores.values())
+
+
 def test_scorer_ranks_by_the_learned_feature(scorer):
     """Survival grew with w0_z, so within a layer the scorer's scores must follow w0."""
     torch.manual_seed(0)

@@ -4,12 +4,16 @@ net, and a token MLP with LayerNorm (all defined here, for 2-D digits and 1-D MN
 
     make run                                    # the quickstart: fits the scorer and the allocation
     .venv/bin/python benchmarks/foreign_architectures.py --scorer autosparse-workspace/scorer/<hash>/scorer.safetensors \\
-        --allocator autosparse-workspace/allocator/<hash>/allocator.safetensors [--seeds 1,2] [--sparsity 0.98]
+        --allocator autosparse-workspace/allocator/<hash>/allocator.safetensors [--seeds 1,2] [--sparsity 0.98] \\
+        [--datasets digits,mnist1d] [--irp]
 
 Each network is pruned by the default AutoS method (the scorer in its own steps under the learned
 allocation), by SNIP, SynFlow and iterative SNIP, then trained with the dataset's default recipe
-(autosparse/recipes.py) at each seed, and compared with its dense reference. Writes
-benchmarks/results/foreign_architectures.md.
+(autosparse/recipes.py) at each seed, and compared with its dense reference. Two swaps tell the layer
+allocation from the ranking inside layers: the scorer under SynFlow's per-layer counts, and SynFlow under
+the learned allocation. With --irp, an IRP chain of the architecture (first seed, 28% per round, the same
+recipe) gives the accuracy of IRP's own mask at the nearest density. Writes
+benchmarks/results/foreign_architectures.md (or --out).
 """
 from __future__ import annotations
 
@@ -23,7 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import autosparse
+from autosparse.config import IRPChainConfig, IRPConfig
 from autosparse.io import atomic_write
+from autosparse.irp import run_irp
 from autosparse.recipes import train_config
 from autosparse.training import train
 
@@ -115,6 +121,8 @@ class TokenMLP(nn.Module):
 ARCHITECTURES = {"deep_mlp": DeepMLP, "wide_shallow": WideShallow, "bn_convnet": BatchNormConvNet,
                  "depthwise_residual": DepthwiseResidual, "token_mlp": TokenMLP}
 CONTROLS = ["snip", "synflow", "iter_snip"]
+SWAPS = ["autos@alloc:synflow", "synflow@alloc:learned"]
+IRP_FRACTION = 0.28
 
 
 def build(name: str, dataset, seed: int) -> nn.Module:
@@ -122,18 +130,32 @@ def build(name: str, dataset, seed: int) -> nn.Module:
     return ARCHITECTURES[name](dataset.input_shape, dataset.num_classes)
 
 
+def prune_with(method: str, model: nn.Module, sparsity: float, batch, seed: int, scorer, allocator):
+    """`method` is autos (under the learned allocation unless told), a criterion (global unless told), or
+    either with `@alloc:NAME` (`learned` is the quickstart's allocator)."""
+    criterion, _, allocation = method.partition("@alloc:")
+    allocation = allocation or ("learned" if criterion == "autos" else "global")
+    return autosparse.prune(model, sparsity, scorer if criterion == "autos" else criterion, batch,
+                            allocation=allocator if allocation == "learned" else allocation, seed=seed)
+
+
 def run(name: str, dataset, dataset_name: str, method: str, seed: int, sparsity: float, scorer, allocator) -> dict:
     model = build(name, dataset, seed)
     mask = None
     if method != "dense":
-        batch = dataset.sample_batch(256, seed)
-        if method == "autos":
-            mask = autosparse.prune(model, sparsity, scorer, batch, allocation=allocator, seed=seed)
-        else:
-            mask = autosparse.prune(model, sparsity, method, batch, seed=seed)
+        mask = prune_with(method, model, sparsity, dataset.sample_batch(256, seed), seed, scorer, allocator)
         autosparse.apply_mask(model, mask)
     accuracy = train(model, dataset, train_config(dataset_name, name), seed=seed).final_accuracy
     return {"accuracy": 100 * accuracy, "collapsed": len(mask.collapsed_layers()) if mask is not None else 0}
+
+
+def irp_accuracy(name: str, dataset, dataset_name: str, seed: int, sparsity: float) -> tuple[float, float]:
+    """(density, test accuracy) of IRP's round nearest to `1 - sparsity` on this architecture."""
+    rounds = round(math.log(1 - sparsity) / math.log(1 - IRP_FRACTION))
+    config = IRPChainConfig(f"{__name__}:{ARCHITECTURES[name].__name__}", dataset_name, seed,
+                            IRPConfig(rounds=rounds, prune_fraction=IRP_FRACTION), train_config(dataset_name, name))
+    last = run_irp(config, dataset).history[-1]
+    return last.density, 100 * last.test_accuracy
 
 
 def main() -> None:
@@ -142,18 +164,21 @@ def main() -> None:
     parser.add_argument("--allocator", required=True, help="the quickstart's allocator file")
     parser.add_argument("--seeds", default="1,2")
     parser.add_argument("--sparsity", type=float, default=0.98)
+    parser.add_argument("--datasets", default="digits,mnist1d")
+    parser.add_argument("--irp", action="store_true", help="also run an IRP chain per architecture (first seed)")
     parser.add_argument("--out", default="benchmarks/results/foreign_architectures.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     scorer, allocator = autosparse.load_scorer(args.scorer), autosparse.load_allocator(args.allocator)
     seeds = [int(s) for s in args.seeds.split(",")]
-    methods = ["dense", "autos", *CONTROLS]
+    methods = ["dense", "autos", *CONTROLS, *SWAPS]
+    irp_column = [f"IRP (seed {seeds[0]})"] if args.irp else []
     lines = [f"Quickstart scorer `{Path(args.scorer).parent.name}` and allocator `{Path(args.allocator).parent.name}` at "
              f"{args.sparsity:.0%} sparsity; test accuracy (%), mean ± std over seeds {args.seeds}; "
              "(n collapsed) counts collapsed layers over the seeds.\n",
-             "| dataset | architecture | " + " | ".join(methods) + " | AutoS - best control |",
-             "|---|---|" + "---|" * (len(methods) + 1)]
-    for dataset_name in ("digits", "mnist1d"):
+             "| dataset | architecture | " + " | ".join(methods + irp_column) + " | AutoS - best control |",
+             "|---|---|" + "---|" * (len(methods) + len(irp_column) + 1)]
+    for dataset_name in args.datasets.split(","):
         dataset = autosparse.load_dataset(dataset_name)
         for name in ARCHITECTURES:
             results = {m: [run(name, dataset, dataset_name, m, s, args.sparsity, scorer, allocator) for s in seeds]
@@ -165,6 +190,9 @@ def main() -> None:
                 spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
                 collapsed = sum(r["collapsed"] for r in rows)
                 cells.append(f"{means[method]:.1f}{spread}" + (f" ({collapsed} collapsed)" if collapsed else ""))
+            if args.irp:
+                density, accuracy = irp_accuracy(name, dataset, dataset_name, seeds[0], args.sparsity)
+                cells.append(f"{accuracy:.1f} (at {1 - density:.1%})")
             margin = means["autos"] - max(means[c] for c in CONTROLS)
             lines.append(f"| {dataset_name} | {name} | " + " | ".join(cells) + f" | {margin:+.1f} |")
             print(lines[-1], flush=True)

@@ -105,6 +105,9 @@ def test_the_mlflow_view_compares_methods(smoke_run) -> None:
     assert autos and all(r.data.tags["scorer.run_id"] in scorers for r in autos)
     for scorer in scorers.values():
         assert "best_within_layer_iou" in scorer.data.metrics or "best_loss" in scorer.data.metrics
+        one_shot = scorer.data.params["target"] == "survival"
+        assert scorer.data.params["prune.steps"] == ("1" if one_shot else "3")  # smoke.yaml: steps 3
+        assert scorer.data.params["prune.step_batch_size"] == ("all" if one_shot else "64")
         curves = [k for k in scorer.data.metrics if k.startswith("val_")]
         assert "val_loss" in curves
         history = client.get_metric_history(scorer.info.run_id, "val_loss")

@@ -53,6 +53,12 @@ def autos_targets(config: PipelineConfig, name: str) -> list:
     return list(config.matrix.targets) if used else []
 
 
+def application_params(config: ScorerConfig) -> dict[str, str]:
+    """How `prune` applies the scorer unless told otherwise (defaults resolved, so the UI shows them)."""
+    batch = config.prune_step_batch_size
+    return {"prune.steps": str(config.prune_steps), "prune.step_batch_size": str(batch) if batch else "all"}
+
+
 @register_stage("scorer", ScorerConfig, needs=("irp",), verb="fit-scorer",
                 outputs=(SCORER_FILE, HISTORY_FILE),
                 help="fit the config's AutoS scorers (runs the IRP chains they need first)")
@@ -87,7 +93,8 @@ class ScorerStage(Stage):
         history = json.loads((store.output("scorer", job.digest) / HISTORY_FILE).read_text())
         keys = sorted({k for epoch in history for k in epoch})
         return TrackedRun(
-            name=f"scorer {job.label}", tags={"stage": "scorer", **job.tags}, params=params_of(job.config),
+            name=f"scorer {job.label}", tags={"stage": "scorer", **job.tags},
+            params=params_of(job.config) | application_params(job.config),
             metrics={f"best_{k}": v for k, v in record["metrics"].items()} | {"epochs": record["epochs"]},
             curves={f"val_{k}": [e[k] for e in history if k in e] for k in keys},
             artifacts=[store.output("scorer", job.digest) / SCORER_FILE],

@@ -1,6 +1,7 @@
-"""The quickstart's own scorer and allocation on architectures outside the model registry, on both embedded
-datasets: deeper and wider MLPs, a BatchNorm VGG-style net with max-pooling, a depthwise-separable residual
-net, and a token MLP with LayerNorm (all defined here, for 2-D digits and 1-D MNIST-1D inputs alike).
+"""A fitted AutoS scorer and learned allocation (e.g. the quickstart's own) on architectures outside the
+model registry, on both embedded datasets: deeper and wider MLPs, a BatchNorm VGG-style net with
+max-pooling, a depthwise-separable residual net, and a token MLP with LayerNorm (all defined here, for 2-D
+digits and 1-D MNIST-1D inputs alike).
 
     make run                                    # the quickstart: fits the scorer and the allocation
     .venv/bin/python benchmarks/foreign_architectures.py --scorer autosparse-workspace/scorer/<hash>/scorer.safetensors \\
@@ -160,8 +161,8 @@ def irp_accuracy(name: str, dataset, dataset_name: str, seed: int, sparsity: flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scorer", required=True, help="the quickstart's conditional scorer file")
-    parser.add_argument("--allocator", required=True, help="the quickstart's allocator file")
+    parser.add_argument("--scorer", required=True, help="a conditional scorer file (e.g. the quickstart's)")
+    parser.add_argument("--allocator", required=True, help="an allocator file (e.g. the quickstart's)")
     parser.add_argument("--seeds", default="1,2")
     parser.add_argument("--sparsity", type=float, default=0.98)
     parser.add_argument("--datasets", default="digits,mnist1d")
@@ -173,7 +174,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = ["dense", "autos", *CONTROLS, *SWAPS]
     irp_column = [f"IRP (seed {seeds[0]})"] if args.irp else []
-    lines = [f"Quickstart scorer `{Path(args.scorer).parent.name}` and allocator `{Path(args.allocator).parent.name}` at "
+    lines = [f"Scorer `{Path(args.scorer).parent.name}` and allocator `{Path(args.allocator).parent.name}` at "
              f"{args.sparsity:.0%} sparsity; test accuracy (%), mean ± std over seeds {args.seeds}; "
              "(n collapsed) counts collapsed layers over the seeds.\n",
              "| dataset | architecture | " + " | ".join(methods + irp_column) + " | AutoS - best control |",

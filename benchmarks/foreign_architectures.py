@@ -35,10 +35,6 @@ from autosparse.recipes import train_config
 from autosparse.training import train
 
 
-def flat_size(input_shape) -> int:
-    return math.prod(input_shape)
-
-
 def conv_layer(dims: int):
     return nn.Conv1d if dims == 1 else nn.Conv2d
 
@@ -51,7 +47,7 @@ class DeepMLP(nn.Sequential):
     """Four hidden layers, 512-256-128-64."""
 
     def __init__(self, input_shape, num_classes):
-        layers, width = [nn.Flatten()], flat_size(input_shape)
+        layers, width = [nn.Flatten()], math.prod(input_shape)
         for hidden in (512, 256, 128, 64):
             layers += [nn.Linear(width, hidden), nn.ReLU()]
             width = hidden
@@ -62,7 +58,7 @@ class WideShallow(nn.Sequential):
     """One tanh hidden layer of 2048 units."""
 
     def __init__(self, input_shape, num_classes):
-        super().__init__(nn.Flatten(), nn.Linear(flat_size(input_shape), 2048), nn.Tanh(),
+        super().__init__(nn.Flatten(), nn.Linear(math.prod(input_shape), 2048), nn.Tanh(),
                          nn.Linear(2048, num_classes))
 
 
@@ -126,9 +122,9 @@ SWAPS = ["autos@alloc:synflow", "synflow@alloc:learned"]
 IRP_FRACTION = 0.28
 
 
-def build(name: str, dataset, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return ARCHITECTURES[name](dataset.input_shape, dataset.num_classes)
+def model_name(name: str) -> str:
+    """The architecture as a `module:factory` model name, so `build_model` and IRP chains take it."""
+    return f"{__name__}:{ARCHITECTURES[name].__name__}"
 
 
 def prune_with(method: str, model: nn.Module, sparsity: float, batch, seed: int, scorer, allocator):
@@ -141,7 +137,7 @@ def prune_with(method: str, model: nn.Module, sparsity: float, batch, seed: int,
 
 
 def run(name: str, dataset, dataset_name: str, method: str, seed: int, sparsity: float, scorer, allocator) -> dict:
-    model = build(name, dataset, seed)
+    model = autosparse.build_model(model_name(name), dataset.input_shape, dataset.num_classes, seed)
     mask = None
     if method != "dense":
         mask = prune_with(method, model, sparsity, dataset.sample_batch(256, seed), seed, scorer, allocator)
@@ -153,7 +149,7 @@ def run(name: str, dataset, dataset_name: str, method: str, seed: int, sparsity:
 def irp_accuracy(name: str, dataset, dataset_name: str, seed: int, sparsity: float) -> tuple[float, float]:
     """(density, test accuracy) of IRP's round nearest to `1 - sparsity` on this architecture."""
     rounds = round(math.log(1 - sparsity) / math.log(1 - IRP_FRACTION))
-    config = IRPChainConfig(f"{__name__}:{ARCHITECTURES[name].__name__}", dataset_name, seed,
+    config = IRPChainConfig(model_name(name), dataset_name, seed,
                             IRPConfig(rounds=rounds, prune_fraction=IRP_FRACTION), train_config(dataset_name, name))
     last = run_irp(config, dataset).history[-1]
     return last.density, 100 * last.test_accuracy

@@ -1,7 +1,8 @@
 """Speed benchmark: pruning ResNet-18 end to end (one-shot SNIP, SynFlow's 100 steps, Iterative SNIP's
 20, AutoS's 20 on 64 or on all 256 examples per step), scorer inference (compact vs the paper's MLP run the
 paper's way), feature computation, IRP per-round overhead on Ray Train, matrix throughput at 1 vs 2 Ray
-workers, and Ray / MLflow start-up costs. Prints a Markdown table and saves it (plus JSON) under benchmarks/results/.
+workers, and Ray / MLflow start-up costs. Prints a Markdown table and saves it (plus JSON) under
+benchmarks/results/.
 
     .venv/bin/python benchmarks/speed.py [--repeats 3] [--paper-rows 500000] [--device cpu|cuda]
                                          [--sections pruning,inference,startup,ray] [--out benchmarks/results]

@@ -5,8 +5,8 @@ at a lower learning rate.
         [--target conv/digits] [--sparsities 0.98,0.99] [--methods synflow,iter_snip,...] [--retrain-lr 0.05]
 
 DIR is the workspace where the config's matrix ran (e.g. the accuracy benchmark's). For each of the config's
-cells of the target (no sanity variants) it reads the training-loss curve and reports the largest spike: the largest rise of the
-loss above its lowest value so far. With --retrain-lr, each cell's saved mask is applied to the same
+cells of the target (no sanity variants) it reads the training-loss curve and reports the largest spike: the
+largest rise of the loss above its lowest value so far. With --retrain-lr, each cell's saved mask is applied to the same
 initialization and trained again with the same recipe, seed and data order but that learning rate.
 Writes benchmarks/results/stability.md.
 """

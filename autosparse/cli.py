@@ -106,10 +106,10 @@ def _quiet(verbose: bool) -> None:
     from .orchestration.runtime import set_local_defaults
 
     set_local_defaults()
-    if not verbose:
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+    if not verbose:  # the CLI reports every error in one line: library logs would only add tracebacks
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "CRITICAL"
         for name in ("ray", "mlflow", "alembic", "ray.train", "ray.tune"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         warnings.filterwarnings("ignore")
 
 

@@ -1,11 +1,58 @@
-"""Atomic file writes: write to a temporary name beside the target, then rename into place."""
+"""Atomic file writes: write to a temporary name beside the target, then rename into place; failed writes
+caused by their storage (full, read-only, not permitted) told apart from bugs."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
+
+from .errors import UserError
+
+LOW_SPACE = 2**20
+STORAGE_PROBLEMS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                    errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                    errno.EPERM: "permission denied"}
+SQLITE_PROBLEMS = {"disk is full": errno.ENOSPC, "readonly database": errno.EROFS}
+
+
+class StorageError(UserError):
+    """A write failed because of where it goes: no space left, a read-only file system, no permission."""
+
+
+def free_bytes(path: str | os.PathLike) -> float:
+    """Bytes an unprivileged writer may still use on the file system holding `path` (or its nearest
+    existing parent); infinite when that cannot be told."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return float("inf")
+    return stat.f_bavail * stat.f_frsize
+
+
+def storage_error(error: BaseException, path: str | os.PathLike) -> Optional[StorageError]:
+    """A `StorageError` naming `path` when `error`, raised writing there, came from its storage; else None.
+
+    Reads the errno of an `OSError`, or the one pyarrow (`[errno N]`) and SQLite (`disk is full`,
+    `readonly database`) only name in their message.
+    """
+    if not isinstance(error, Exception) or isinstance(error, UserError):
+        return None
+    code, text = getattr(error, "errno", None), str(error)
+    found = re.search(r"\[errno (\d+)\]", text, re.IGNORECASE)
+    if code is None and found:
+        code = int(found.group(1))
+    for phrase, sqlite_code in SQLITE_PROBLEMS.items():
+        if code is None and phrase in text:
+            code = sqlite_code
+    problem = STORAGE_PROBLEMS.get(code)
+    return StorageError(f"cannot write {str(path)!r}: {problem}") if problem else None
 
 
 def _umask() -> int:
@@ -17,7 +64,9 @@ def _umask() -> int:
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call `write(tmp_path)` and rename the result to `path`; nothing is left behind on failure.
 
-    The file gets the usual permissions for a new file (0666 less the umask), not mkstemp's 0600.
+    The file gets the usual permissions for a new file (0666 less the umask), not mkstemp's 0600. A writer
+    that fails without an errno (torch.save's `unexpected pos`) while its file system is full raises an
+    `OSError` with `ENOSPC`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,8 +76,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
+        full = isinstance(error, Exception) and free_bytes(tmp) < LOW_SPACE  # before the partial file goes
         Path(tmp).unlink(missing_ok=True)
+        if full and storage_error(error, path) is None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from error
         raise
 
 

@@ -21,7 +21,7 @@ from ..schema import from_dict, to_dict
 from ..training import Shard
 from .allocator_stage import ALLOCATOR_FILE, allocator_for
 from .scorer_stage import SCORER_FILE, scorer_for
-from .stage import Job, Runner, Stage, TrackedRun, execute_job, progress_bar, register_stage
+from .stage import Job, Runner, Stage, TrackedRun, execute_job, gather, progress_bar, register_stage
 from .store import StageStore
 from .tracking import params_of
 
@@ -157,10 +157,7 @@ class CellStage(Stage):
             data = job.to_data()
             data["tags"]["gpus"] = matrix.gpus_per_cell
             refs.append(task.remote(data, runner.store.location, to_dict(runner.data), threads))
-        while refs:
-            ready, refs = ray.wait(refs, num_returns=1)
-            ray.get(ready[0])
-            bar.update()
+        gather(refs, lambda record: bar.update())
         bar.close()
 
     def run_distributed(self, job: Job, runner: Runner) -> None:

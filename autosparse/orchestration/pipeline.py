@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -45,9 +46,10 @@ def validate_names(config: PipelineConfig) -> None:
         except Exception as error:
             raise ConfigError(f"matrix.methods[{index}]: {error}") from None
     labels = {MethodSpec.parse(m).label() for m in config.matrix.methods} | {m.split(":")[0] for m in config.matrix.methods}
-    for method in config.matrix.variant_methods or []:
-        if method not in labels:
-            raise ConfigError(f"matrix.variant_methods: {method!r} is not one of matrix.methods (or 'autos')")
+    for key in ("variant_methods", "compare_init_methods"):
+        for method in getattr(config.matrix, key) or []:
+            if method not in labels:
+                raise ConfigError(f"matrix.{key}: {method!r} is not one of matrix.methods (or 'autos')")
     for name in config.irp.features:
         FEATURES.get(name)
     for scorer in config.scorers:
@@ -147,7 +149,6 @@ class Pipeline:
         result = PipelineResult(self.store.location, parent_run_id=tracker.parent_id,
                                 experiment_id=tracker.experiment_id)
         needed, runner = self.needed(through), self.runner()
-        status = "FAILED"
         try:
             for stage in ordered_stages():
                 jobs = [job for job in self.jobs[stage.kind] if job.digest in needed]
@@ -160,9 +161,11 @@ class Pipeline:
                     if stage.kind == "report":
                         result.table = self.store.record("report", job.digest)["table"]
                         result.report_folder = self.store.uri("report", job.digest)
-            status = "FINISHED"
-        finally:
-            tracker.finish(status)
+        except BaseException:
+            with suppress(Exception):  # the first error is the one to report, not the cleanup's
+                tracker.finish("FAILED")
+            raise
+        tracker.finish("FINISHED")
         return result
 
     def record(self, stage, job: Job, echo: bool) -> None:
@@ -176,6 +179,7 @@ class Pipeline:
             if tracked is not None:
                 tracked.start_ms = tracked.start_ms or int(record.get("started", 0) * 1000) or None
                 tracked.end_ms = tracked.end_ms or int(record.get("finished", 0) * 1000) or None
+                tracked.tags.setdefault("ray.node_id", record.get("node"))
                 for digest in job.inputs:  # link the runs this job read (its scorer, allocator, chains)
                     kind, run_id = self.kind_of.get(digest), self.tracker.run_id_of(digest)
                     if kind and run_id:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -108,8 +109,8 @@ class Stage:
 
         runner.echo(f"{self.kind}: {len(jobs)} job(s) to run")
         task = ray.remote(execute_job).options(num_cpus=self.task_cpus, max_retries=2)
-        ray.get([task.remote(job.to_data(), runner.store.location, to_dict(runner.data), int(self.task_cpus))
-                 for job in jobs])
+        gather([task.remote(job.to_data(), runner.store.location, to_dict(runner.data), int(self.task_cpus))
+                for job in jobs])
 
     def track(self, job: Job, record: dict, store: StageStore) -> Optional[TrackedRun]:
         """The job's MLflow child run (None: no child run)."""
@@ -161,6 +162,32 @@ def ordered_stages() -> list[Stage]:
     return list(done.values())
 
 
+def gather(refs: list, on_result: Callable[[Any], None] = lambda result: None) -> None:
+    """Wait for Ray tasks, calling `on_result` as each finishes. On the first failure, cancel the others
+    and read them all (so that Ray reports no unhandled errors), then raise that failure."""
+    import ray
+
+    while refs:
+        ready, refs = ray.wait(refs, num_returns=1)
+        try:
+            result = ray.get(ready[0])
+        except BaseException:
+            for ref in refs:
+                ray.cancel(ref)
+            for ref in refs:
+                with suppress(Exception):
+                    ray.get(ref)
+            raise
+        on_result(result)
+
+
+def node_id() -> Optional[str]:
+    """The Ray node this process runs on (None outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
 def execute_job(job_data: dict, workspace: str, data_config: dict, threads: int = 1) -> dict:
     """Ray task body (and in-process runner): execute one job unless it is finished; returns its record."""
     import torch
@@ -173,7 +200,7 @@ def execute_job(job_data: dict, workspace: str, data_config: dict, threads: int 
         return store.record(job.kind, job.digest)
     started = time.time()
     with store.writing(job.kind, job.digest) as (folder, record):
-        record.update({"label": job.label, "config": to_dict(job.config), "inputs": list(job.inputs),
+        record.update({"label": job.label, "config": to_dict(job.config), "inputs": list(job.inputs), "node": node_id(),
                        **stage.execute(job, folder, store, from_dict(DataConfig, data_config)),
                        "started": started, "finished": time.time()})
     return store.record(job.kind, job.digest)

@@ -19,6 +19,7 @@ from typing import Iterator, Optional
 import pyarrow.fs as pafs
 
 from ..errors import UserError
+from ..io import storage_error
 
 MARKER = "stage.json"
 CACHE_ENV = "AUTOSPARSE_CACHE"
@@ -104,8 +105,10 @@ class StageStore:
 
     def done(self, kind: str, digest: str) -> bool:
         """Whether the stage is finished in the workspace (the shared one decides, not a node's cache)."""
-        return self._is_file(self.path(kind, digest, MARKER)) if self.remote else \
-            (self.local / kind / digest / MARKER).is_file()
+        if not self.remote:
+            return (self.local / kind / digest / MARKER).is_file()
+        with self.reaching(f"reading {kind}/{digest}"):
+            return self._is_file(self.path(kind, digest, MARKER))
 
     def output(self, kind: str, digest: str) -> Path:
         """The local folder of a stage; a finished remote stage is downloaded into the cache first."""
@@ -138,17 +141,34 @@ class StageStore:
             tmp.mkdir(parents=True)
         except (FileExistsError, NotADirectoryError) as error:
             raise WorkspaceError(f"cannot write stage outputs under {str(final.parent)!r}: {error.strerror}") from None
+        except OSError as error:
+            raise storage_error(error, final.parent) or error from None
         record: dict = {}
         try:
             yield tmp, record
             marker = json.dumps({"kind": kind, "hash": digest, **record}, indent=2)  # keeps layer order
             if self.remote:
-                self._upload(tmp, self.path(kind, digest), last={MARKER: marker})
+                with self.reaching(f"uploading {kind}/{digest}"):
+                    self._upload(tmp, self.path(kind, digest), last={MARKER: marker})
             (tmp / MARKER).write_text(marker)
             _rename_into_place(tmp, final)
-        except BaseException:
+        except BaseException as error:
             shutil.rmtree(tmp, ignore_errors=True)
+            problem = storage_error(error, final)
+            if problem is not None:
+                raise problem from None
             raise
+
+    @contextmanager
+    def reaching(self, doing: str) -> Iterator[None]:
+        """Turn the shared workspace's connection errors while `doing` something into a `WorkspaceError`."""
+        try:
+            yield
+        except OSError as error:
+            if not self.remote:
+                raise
+            raise WorkspaceError(f"lost the workspace {self.location!r} while {doing} ({_first_line(error)}); "
+                                 "finished stages are kept: rerun the same command once it is reachable") from None
 
     def _upload(self, folder: Path, destination: str, last: Optional[dict[str, str]] = None) -> None:
         """Copy a local folder's files up, then write the `last` files (the commit point)."""
@@ -173,8 +193,9 @@ class StageStore:
         tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         try:
-            pafs.copy_files(self.path(relative), str(tmp), source_filesystem=self.fs,
-                            destination_filesystem=pafs.LocalFileSystem())
+            with self.reaching(f"downloading {relative}"):
+                pafs.copy_files(self.path(relative), str(tmp), source_filesystem=self.fs,
+                                destination_filesystem=pafs.LocalFileSystem())
             if final.exists() and not (final / MARKER).is_file():
                 shutil.rmtree(final)  # a stale cache copy of a non-stage folder: the shared one wins
             _rename_into_place(tmp, final)

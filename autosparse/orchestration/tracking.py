@@ -1,12 +1,16 @@
 """MLflow tracking from the driver: one experiment per pipeline config, a parent run, a child run per job."""
 from __future__ import annotations
 
+import functools
 import os
+import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from urllib.parse import urlsplit
 
 from ..errors import UserError
+from ..io import storage_error
 from ..schema import flatten
 
 if TYPE_CHECKING:
@@ -20,6 +24,46 @@ PARAM_LIMIT = 6000
 
 class TrackingUnavailableError(UserError):
     """The MLflow tracking URI cannot be reached or used."""
+
+
+def reachable(uri: str, timeout: float = 5.0) -> bool:
+    """Whether the host and port of an http(s) URI accept a TCP connection."""
+    parts = urlsplit(uri)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
+                                      timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def tracking_problem(uri: str, error: BaseException) -> Optional[UserError]:
+    """The user error behind a failed tracking call: the server gone, or the SQLite store's disk full or
+    read-only (None: a bug)."""
+    if isinstance(error, UserError):
+        return None
+    if uri.startswith("sqlite:///"):
+        return storage_error(error, uri[len("sqlite:///"):])
+    if uri.startswith(("http://", "https://")) and not reachable(uri):
+        return TrackingUnavailableError(
+            f"lost the MLflow server at {uri!r} ({str(error).splitlines()[0][:200]}); finished stage outputs are "
+            "kept: rerun the same command once the server is back, and tracking catches up")
+    return None
+
+
+def guarded(method: Callable) -> Callable:
+    """Raise a tracking call's failure as the user error behind it, when there is one."""
+    @functools.wraps(method)
+    def call(self: "Tracker", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as error:
+            problem = tracking_problem(self.uri, error)
+            if problem is None:
+                raise
+            raise problem from None
+
+    return call
 
 
 def default_tracking_uri(workspace: Path) -> str:
@@ -73,15 +117,17 @@ def now_ms() -> int:
 
 
 class Tracker:
-    """Logs jobs as child runs of one parent run per pipeline hash; idempotent across re-runs."""
+    """Logs jobs as child runs of one parent run per pipeline hash; idempotent across re-runs. A tracking
+    store lost at any call is a `UserError` (see `tracking_problem`)."""
 
+    @guarded
     def __init__(self, uri: str, experiment: str, pipeline_hash: str, params: dict[str, str], tags: dict[str, str],
                  artifact_root: Optional[str] = None, description: str = ""):
+        self.uri = uri
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         from mlflow.tracking import MlflowClient
 
-        self.uri = uri
         if artifact_root:
             relocate_artifacts(uri, artifact_root)
         self.client = MlflowClient(tracking_uri=uri)
@@ -130,6 +176,7 @@ class Tracker:
     def has_stage(self, digest: str) -> bool:
         return digest in self._logged
 
+    @guarded
     def log_stage(self, digest: str, tracked: "TrackedRun") -> str:
         """A finished child run: tags, params, metrics, per-step curves (batched), artifacts, real times."""
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -152,11 +199,13 @@ class Tracker:
         """The child run of a logged job."""
         return self._logged.get(digest)
 
+    @guarded
     def log_parent(self, tracked: "TrackedRun") -> None:
         """Artifacts and metrics of the pipeline's parent run (a summary logged again replaces the last)."""
         for path in tracked.artifacts:
             self.client.log_artifact(self.parent_id, str(path))
         self._log_metrics(self.parent_id, tracked.metrics, tracked.curves, now_ms())
 
+    @guarded
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_id, status=status)

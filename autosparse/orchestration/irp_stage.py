@@ -3,6 +3,7 @@ checkpoints each), then a Ray task computing the per-round features and writing 
 from __future__ import annotations
 
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Mapping, Optional
@@ -12,18 +13,21 @@ import torch
 from ..config import DataConfig, IRPChainConfig, ModelOnData, PipelineConfig
 from ..criteria import CRITERIA
 from ..data import load_dataset
+from ..errors import UserError
 from ..features import feature_versions
 from ..irp import IRPState, chain_features, check_schedule, run_irp, survival_metadata
 from ..masks import broadcast_mask
+from ..models import build_model
 from ..recipes import train_config
 from ..schema import ConfigError, from_dict, to_dict
 from ..survival import write_survival
 from ..training import Shard
-from .stage import STAGES, Job, Runner, Stage, TrackedRun, execute_job, register_stage
+from .stage import STAGES, Job, Runner, Stage, TrackedRun, execute_job, node_id, register_stage
 from .store import StageStore
 from .tracking import params_of
 
 STATE_FILE = "irp_state.pt"
+CHAIN_TAG = "chain"  # when (start and end of its training run) and where a chain trained, for its feature task
 SURVIVAL_FILE = "survival.parquet"
 ARTIFACT_LIMIT = 50 * 2**20
 
@@ -82,6 +86,7 @@ def irp_train_loop(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    started = time.time()
     chain = from_dict(IRPChainConfig, loop_config["chain"])
     torch.set_num_threads(chain.irp.cpus_per_worker)
     data = from_dict(DataConfig, loop_config["data"])
@@ -100,7 +105,8 @@ def irp_train_loop(loop_config: dict) -> None:
     def on_round(state: IRPState, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         record = state.history[-1]
         metrics = {"round": record.round, "density": record.density, "test_accuracy": record.test_accuracy,
-                   "train_loss": record.train_loss, "seconds": record.seconds}
+                   "train_loss": record.train_loss, "seconds": record.seconds,
+                   "started": started, "finished": time.time(), "node": node_id()}
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
                 payload = {"state": state.to_tensors(), "weights": {k: v.cpu() for k, v in model.state_dict().items()},
@@ -138,8 +144,9 @@ def latest_checkpoint(store: StageStore, job: Job) -> Optional[tuple[str, IRPSta
     return None
 
 
-def fit_chain(job: Job, data: DataConfig, store: StageStore, max_failures: int = 3) -> None:
-    """Run (or resume) the chain's rounds as one TorchTrainer run, unless its checkpoints hold all rounds.
+def fit_chain(job: Job, data: DataConfig, store: StageStore, max_failures: int = 3) -> Optional[dict]:
+    """Run (or resume) the chain's rounds as one TorchTrainer run, unless its checkpoints hold all rounds;
+    returns the last round's metrics (None when there was nothing left to run).
 
     Worker deaths are retried by Ray Train from the last round checkpoint (`max_failures`); a new
     driver continues from the newest checkpoint an interrupted run left in the workspace.
@@ -150,7 +157,7 @@ def fit_chain(job: Job, data: DataConfig, store: StageStore, max_failures: int =
     irp = job.config.irp
     previous = latest_checkpoint(store, job)
     if previous is not None and previous[1].completed > irp.rounds:
-        return
+        return None
     trainer = TorchTrainer(
         irp_train_loop,
         train_loop_config={"chain": to_dict(job.config), "data": to_dict(data), "workspace": store.location,
@@ -161,8 +168,21 @@ def fit_chain(job: Job, data: DataConfig, store: StageStore, max_failures: int =
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
-    if trainer.fit().checkpoint is None:
+    result = trainer.fit()
+    if result.checkpoint is None:
         raise RuntimeError(f"IRP chain {job.label} finished without a checkpoint")
+    return result.metrics
+
+
+def chain_cost(chain: IRPChainConfig, data: DataConfig) -> float:
+    """A chain's compute, estimated from its recipe: trainings x epochs x training examples x parameters
+    (0 when its dataset is not on this machine)."""
+    try:
+        dataset = load_dataset(chain.dataset, data.data_root, download=False)
+    except UserError:
+        return 0.0
+    model = build_model(chain.model, dataset.input_shape, dataset.num_classes, chain.seed)
+    return (chain.irp.rounds + 1) * chain.train.epochs * len(dataset.train) * sum(p.numel() for p in model.parameters())
 
 
 def survival_path(store: StageStore, digest: str) -> Path:
@@ -191,21 +211,27 @@ class IRPStage(Stage):
         return merge_jobs(source_chains(config) + reference_chains(config))
 
     def run(self, jobs: list[Job], runner: Runner) -> None:
-        """Fit chains concurrently (one Ray Train run each), then write each survival dataset in a Ray task."""
+        """Submit every chain at once, the longest first (one Ray Train run each): Ray starts each chain's
+        workers as soon as resources for them exist, and an autoscaler adds nodes for those waiting. Each
+        chain's survival dataset is written in a Ray task as soon as the chain is done."""
         runner.ensure_ray()
         import ray
 
-        workers = max(job.config.irp.num_workers * job.config.irp.cpus_per_worker for job in jobs)
-        parallel = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
-        runner.echo(f"IRP: {len(jobs)} chain(s) to run, {parallel} at a time")
+        jobs = sorted(jobs, key=lambda job: chain_cost(job.config, runner.data), reverse=True)
+        runner.echo(f"IRP: {len(jobs)} chain(s) to run, the longest first, as many at a time as the cluster holds")
         gpu = {"num_gpus": 1} if any(job.config.irp.use_gpu for job in jobs) else {}
         task = ray.remote(execute_job).options(num_cpus=1, max_retries=2, **gpu)
-        with ThreadPoolExecutor(max_workers=parallel) as pool:
-            futures = {pool.submit(fit_chain, job, runner.data, runner.store): job for job in jobs}
-            for future in as_completed(futures):
+
+        def run_chain(job: Job) -> None:
+            metrics = fit_chain(job, runner.data, runner.store)
+            data = job.to_data()
+            if metrics is not None:  # when and where the chain trained, for MLflow (not its feature task's)
+                data["tags"][CHAIN_TAG] = {key: metrics[key] for key in ("started", "finished", "node")}
+            ray.get(task.remote(data, runner.store.location, to_dict(runner.data)))
+
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            for future in as_completed([pool.submit(run_chain, job) for job in jobs]):
                 future.result()
-                job = futures[future]
-                ray.get(task.remote(job.to_data(), runner.store.location, to_dict(runner.data)))
 
     def execute(self, job: Job, folder: Path, store: StageStore, data: DataConfig) -> dict:
         """Per-round features of the finished chain, written as its survival dataset."""
@@ -218,7 +244,8 @@ class IRPStage(Stage):
         metadata = survival_metadata(job.config, state, job.digest)
         write_survival(folder / SURVIVAL_FILE, chain_features(job.config, dataset, state), list(job.config.irp.features),
                        state.survival, metadata)
-        return {"history": metadata["history"]}
+        chain = job.tags.get(CHAIN_TAG)
+        return {"history": metadata["history"], **({"chain": chain, "node": chain["node"]} if chain else {})}
 
     def summary(self, job: Job, record: dict) -> str:
         lines = [f"IRP {job.label} ({job.digest})", f"{'round':>5} {'density':>9} {'test acc':>9} {'seconds':>8}"]
@@ -227,7 +254,7 @@ class IRPStage(Stage):
         return "\n".join(lines)
 
     def track(self, job: Job, record: dict, store: StageStore) -> TrackedRun:
-        history = record["history"]
+        history, chain = record["history"], record.get("chain")
         survival = survival_path(store, job.digest)
         small = survival.stat().st_size <= ARTIFACT_LIMIT
         return TrackedRun(
@@ -240,5 +267,7 @@ class IRPStage(Stage):
             artifacts=[survival] if small else [],
             texts={"irp_rounds.txt": self.summary(job, record),
                    **({} if small else {"survival_location.txt": store.uri("irp", job.digest, SURVIVAL_FILE) + "\n"})},
+            start_ms=int(chain["started"] * 1000) if chain else None,
+            end_ms=int(chain["finished"] * 1000) if chain else None,
         )
 

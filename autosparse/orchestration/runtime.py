@@ -41,19 +41,34 @@ class RayUnavailableError(UserError):
     """The Ray cluster given by address could not be joined."""
 
 
+def dialed_address(address: str) -> str:
+    """The host:port `ray.init(address)` connects to: Ray rewrites a bare loopback address to this
+    machine's network address (a `ray://` client address is dialed as given)."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    if "://" in address:
+        return address.split("://", 1)[1].rstrip("/")
+    try:
+        return canonicalize_bootstrap_address(address) or address
+    except ValueError as error:
+        raise RayUnavailableError(f"cannot reach Ray at {address!r}: {error}") from None
+
+
 def check_ray_address(address: Optional[str], timeout: float = 5.0) -> None:
-    """Fail fast (a TCP connect, not Ray's minutes of retries) when a given Ray address is unreachable."""
+    """Fail fast (a TCP connect, not Ray's minutes of retries) when a given Ray address is unreachable at
+    the host and port `ray.init` will dial."""
     import socket
 
     if not address or address in ("auto", "local"):
         return
-    target = address.split("://", 1)[-1].rstrip("/")
+    target = dialed_address(address)
     host, _, port = target.rpartition(":")
+    dials = "" if target == address else f" (Ray dials {target})"
     try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
             return
     except (OSError, ValueError) as error:
-        raise RayUnavailableError(f"cannot reach Ray at {address!r}: {error}") from None
+        raise RayUnavailableError(f"cannot reach Ray at {address!r}{dials}: {error}") from None
 
 
 def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, verbose: bool = False) -> None:
@@ -65,7 +80,7 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, verb
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     check_ray_address(address)
-    kwargs = dict(logging_level=logging.INFO if verbose else logging.WARNING, log_to_driver=verbose,
+    kwargs = dict(logging_level=logging.INFO if verbose else logging.CRITICAL, log_to_driver=verbose,
                   configure_logging=True)
     if address is None:
         kwargs.update(num_cpus=num_cpus, include_dashboard=False)

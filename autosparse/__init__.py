@@ -4,7 +4,7 @@ The core (this namespace) is pure PyTorch:
 
     mask = autosparse.prune(model, sparsity=0.95, method="snip", data=(x, y))
     mask = autosparse.prune(model, 0.98, "snip", (x, y), steps=20, allocation="synflow")
-    autosparse.apply_mask(model, mask)
+    autosparse.apply_mask(model, mask, init="unit_fan_in")  # kept weights rescaled to each unit's dense norm
 """
 from .allocation import SHAPE_ALLOCATIONS, top_k_within_layers
 from .criteria import CRITERIA
@@ -13,6 +13,7 @@ from .errors import UserError
 from .masks import Mask, apply_mask, prunable_parameters
 from .models import MODELS, build_model
 from .pruning import MethodSpec, prune, score
+from .sparse_init import SPARSE_INITS, signal_at_init
 
 __version__ = "0.2.0"
 
@@ -31,6 +32,6 @@ def load_allocator(path):
     return load(path)
 
 
-__all__ = ["CRITERIA", "DATASETS", "MODELS", "Mask", "MethodSpec", "SHAPE_ALLOCATIONS", "UserError", "apply_mask",
+__all__ = ["CRITERIA", "DATASETS", "MODELS", "Mask", "MethodSpec", "SHAPE_ALLOCATIONS", "SPARSE_INITS", "UserError", "apply_mask",
            "build_model", "load_allocator", "load_dataset", "load_scorer", "prunable_parameters", "prune", "score",
-           "top_k_within_layers", "__version__"]
+           "signal_at_init", "top_k_within_layers", "__version__"]

@@ -50,7 +50,9 @@ def _pipeline(parser: argparse.ArgumentParser, kinds: list[str], config_required
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import DEFAULT_INIT
     from .orchestration.stage import ordered_stages
+    from .sparse_init import SPARSE_INITS
 
     stages = ordered_stages()
     kinds = [stage.kind for stage in stages]
@@ -79,7 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--batch-size", type=positive_int, default=256, help="training samples used to score")
     prune.add_argument("--data-root", default=DEFAULT_DATA_ROOT)
     prune.add_argument("--download", action="store_true", help="allow torchvision downloads")
+    prune.add_argument("--init", default=DEFAULT_INIT, choices=SPARSE_INITS.registered(),
+                       help=f"sparse init of the kept weights, whose signal at init is printed (default: {DEFAULT_INIT}; "
+                            "original: the dense values, which a deep net at 98-99%% sparsity may not pass a signal through)")
     prune.add_argument("--out", default=None, help="save the mask here (torch file)")
+    prune.add_argument("--weights-out", default=None,
+                       help="save the pruned network's initial weights here, after the sparse init (state_dict file)")
     prune.add_argument("-v", "--verbose", action="store_true", help="tracebacks of bugs")
 
     tune = verbs.add_parser("tune", help="Ray Tune search over scorer architecture and features")
@@ -138,8 +145,12 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from . import build_model, load_dataset, prune
+    import torch
+
+    from . import apply_mask, build_model, load_dataset, prune
+    from .io import atomic_write
     from .pruning import MethodSpec
+    from .sparse_init import signal_at_init
 
     dataset = load_dataset(args.dataset, args.data_root, args.download)
     model = build_model(args.model, dataset.input_shape, dataset.num_classes, args.seed)
@@ -149,17 +160,24 @@ def cmd_prune(args: argparse.Namespace) -> int:
         spec = MethodSpec.parse(args.method)
         spec.validate()
         method, steps, allocation = spec.criterion, spec.steps, args.allocation or spec.allocation
-    mask = prune(model, args.sparsity, method, dataset.sample_batch(args.batch_size, args.seed),
-                 allocation=allocation, steps=steps, seed=args.seed)
+    batch = dataset.sample_batch(args.batch_size, args.seed)
+    mask = prune(model, args.sparsity, method, batch, allocation=allocation, steps=steps, seed=args.seed)
     print(f"{'layer':<40} {'weights':>10} {'density':>9}")
     for name, density in mask.layer_densities().items():
         print(f"{name:<40} {mask[name].numel():>10} {density:>9.4f}")
     print(f"{'total':<40} {mask.num_total():>10} {mask.density():>9.4f}")
     if mask.collapsed_layers():
         print(f"layer collapse: {', '.join(mask.collapsed_layers())} keep no weight")
+    apply_mask(model, mask, args.init)
+    signal = signal_at_init(model, *batch)
+    print(f"signal at init ({args.init}): logit std {signal.logit_std:.3g}, gradient norm {signal.grad_norm:.3g}, "
+          f"loss {signal.loss:.4f} on the scoring batch")
     if args.out:
         mask.save(args.out)
         print(f"mask saved to {args.out}")
+    if args.weights_out:
+        atomic_write(args.weights_out, lambda tmp: torch.save(model.state_dict(), tmp))
+        print(f"initial weights ({args.init}) saved to {args.weights_out}")
     return 0
 
 

@@ -13,6 +13,7 @@ import yaml
 from .data.base import DEFAULT_DATA_ROOT
 from .features import all_feature_names
 from .schema import ConfigError, check, check_partial, from_dict, set_dotted
+from .sparse_init import ORIGINAL, SPARSE_INITS
 
 # Scale-free features (standardized within the layer or over the whole model). Layer constants such as
 # depth or fan-in let a scorer fitted on a few layers of one model extrapolate badly to another model.
@@ -31,10 +32,18 @@ CONDITIONAL_STEPS = 20
 # of the gradient cost of all 256. Validation sources, seeds 10-13: 84.1% vs 83.8% with the whole batch
 # (paired difference +0.3 +- 0.6 over 32 cells); it brings AutoS on ResNet-18 within 2x SynFlow's time.
 CONDITIONAL_STEP_BATCH = 64
+# The sparse init of every matrix cell and IRP reference (autosparse/sparse_init.py): the kept weights of each
+# unit rescaled to its dense squared norm. Chosen leave-one-source-out on the validation sources (BENCHMARKS.md,
+# "Choosing the sparse init").
+DEFAULT_INIT = "unit_fan_in"
 
 
 def _positive(value: float, key: str) -> None:
     check(value > 0, key, f"must be positive, got {value!r}")
+
+
+def _sparse_init(name: str, key: str) -> None:
+    check(name in SPARSE_INITS, key, f"unknown sparse init {name!r} (known: {', '.join(SPARSE_INITS.names())})")
 
 
 @dataclass
@@ -110,7 +119,9 @@ class SourceConfig(Pair):
 
 @dataclass
 class IRPConfig:
-    """Iterative rewind pruning settings, shared by every source chain (`train` overrides the recipe)."""
+    """Iterative rewind pruning settings, shared by every source chain (`train` overrides the recipe).
+    `init` is the sparse init of the kept weights at every rewind of the source chains (a target's IRP
+    reference chain takes `matrix.init` instead, like the target's cells)."""
 
     rounds: int = 20
     prune_fraction: float = 0.2
@@ -123,9 +134,11 @@ class IRPConfig:
     num_workers: int = 1
     cpus_per_worker: int = 1
     use_gpu: bool = False
+    init: str = ORIGINAL
 
     def __post_init__(self) -> None:
         _positive(self.rounds, "rounds")
+        _sparse_init(self.init, "init")
         _positive(self.cpus_per_worker, "cpus_per_worker")
         _positive(self.feature_round_stride, "feature_round_stride")
         check(0 < self.prune_fraction < 1, "prune_fraction", f"must be in (0, 1), got {self.prune_fraction!r}")
@@ -229,7 +242,9 @@ class MatrixConfig:
 
     Methods are written `criterion[/iterK][@alloc:NAME]` (autosparse/pruning.py), with
     `autos:<scorer name>` for a fitted scorer. Every cell of a target, its dense reference and its IRP
-    reference train with the target's recipe plus `train` overrides.
+    reference train with the target's recipe plus `train` overrides, and start from the sparse init `init`
+    (autosparse/sparse_init.py). `compare_inits` adds cells of `compare_init_methods` (default: every
+    method) under other sparse inits, labelled `<method> init:<name>`, for before/after comparisons.
     """
 
     targets: list[ModelOnData] = field(default_factory=lambda: [ModelOnData("mlp", "digits")])
@@ -238,6 +253,9 @@ class MatrixConfig:
     variants: list[Literal["shuffle", "invert", "reinit"]] = field(default_factory=list)
     variant_methods: Optional[list[str]] = None
     sparsities: list[float] = field(default_factory=lambda: [0.9, 0.95, 0.98, 0.99])
+    init: str = DEFAULT_INIT
+    compare_inits: list[str] = field(default_factory=list)
+    compare_init_methods: Optional[list[str]] = None
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     train: TrainOverrides = field(default_factory=dict)
     irp_reference: bool = True
@@ -253,6 +271,9 @@ class MatrixConfig:
         for s in self.sparsities:
             check(0 < s < 1 and not math.isnan(s), "sparsities", f"sparsity {s!r} is outside (0, 1)")
         check(bool(self.seeds), "seeds", "must not be empty")
+        for key, name in [("init", self.init), *(("compare_inits", n) for n in self.compare_inits)]:
+            _sparse_init(name, key)
+        check(self.init not in self.compare_inits, "compare_inits", f"repeats matrix.init {self.init!r}")
         check(len(set(self.seeds)) == len(self.seeds), "seeds", f"must be distinct, got {self.seeds}")
         _positive(self.workers_per_run, "workers_per_run")
         _positive(self.cpus_per_cell, "cpus_per_cell")

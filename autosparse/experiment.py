@@ -7,16 +7,16 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from .allocation import LEARNED
-from .config import ModelOnData, TrainConfig
+from .config import DEFAULT_INIT, ModelOnData, TrainConfig
 from .data import Dataset
 from .errors import UserError
 from .masks import Mask, apply_mask
 from .models import build_model
 from .pruning import MethodSpec, prune
 from .sanity import reinit_seed, shuffle_mask
+from .sparse_init import ORIGINAL, signal_at_init
 from .training import Shard, train
 
 DENSE = "dense"
@@ -26,7 +26,8 @@ DENSE = "dense"
 class CellSpec:
     """What a cell computes. `method` is `dense` or a method string (autosparse/pruning.py); an AutoS
     method names its scorer stage in `scorer`, a learned allocation its allocator stage in `allocator`.
-    `train` is the resolved recipe of the target."""
+    `train` is the resolved recipe of the target; `init` the sparse init of the kept weights
+    (autosparse/sparse_init.py), applied after pruning to every method alike."""
 
     target: ModelOnData
     method: str
@@ -37,11 +38,20 @@ class CellSpec:
     scorer: Optional[str] = None
     allocator: Optional[str] = None
     score_batch_size: int = 256
+    init: str = ORIGINAL
 
     @property
     def label(self) -> str:
-        """The method as shown in tables: `snip`, `snip/iter20@alloc:synflow+shuffle`."""
-        return f"{self.method}+{self.variant}" if self.variant else self.method
+        """The method as shown in tables: `snip`, `snip/iter20@alloc:synflow+shuffle`, and with a sparse
+        init other than the default: `synflow init:original` (a dense network has no sparse init)."""
+        if self.method == DENSE:
+            return DENSE
+        return init_label(f"{self.method}+{self.variant}" if self.variant else self.method, self.init)
+
+
+def init_label(label: str, init: str) -> str:
+    """A method label, suffixed with its sparse init unless that is the default one."""
+    return label if init == DEFAULT_INIT else f"{label} init:{init}"
 
 
 def cell_mask(spec: CellSpec, model: torch.nn.Module, dataset: Dataset, scorer_path: Optional[Path] = None,
@@ -59,23 +69,12 @@ def cell_mask(spec: CellSpec, model: torch.nn.Module, dataset: Dataset, scorer_p
     return shuffle_mask(mask, spec.seed) if spec.variant == "shuffle" else mask
 
 
-@torch.no_grad()
-def initial_loss(model: torch.nn.Module, dataset: Dataset, batch_size: int, seed: int) -> float:
-    """Training loss of the (masked) network before training, on a seeded batch: the 'did not train' yardstick."""
-    inputs, targets = dataset.sample_batch(batch_size, seed)
-    modes = {module: module.training for module in model.modules()}
-    model.train()
-    loss = float(F.cross_entropy(model(inputs), targets))
-    for module, mode in modes.items():
-        module.training = mode
-    return loss
-
-
 def run_cell(spec: CellSpec, dataset: Dataset, scorer_path: Optional[Path] = None,
              allocator_path: Optional[Path] = None, shard: Shard = Shard(), wrap=lambda model: model,
              agree=lambda mask: mask) -> dict:
-    """Prune (unless dense), train and evaluate; returns per-epoch curves, the mask (None when dense) and
-    its layer densities."""
+    """Prune (unless dense), apply the sparse init, train and evaluate; returns per-epoch curves, the signal
+    at init (after the sparse init, on the scoring batch), the mask (None when dense) and its layer
+    densities."""
     started = time.time()
     device = dataset.train.inputs.device
     model = build_model(spec.target.model, dataset.input_shape, dataset.num_classes, spec.seed).to(device)
@@ -85,15 +84,17 @@ def run_cell(spec: CellSpec, dataset: Dataset, scorer_path: Optional[Path] = Non
         if spec.variant == "reinit":
             model = build_model(spec.target.model, dataset.input_shape, dataset.num_classes,
                                 reinit_seed(spec.seed)).to(device)
-        apply_mask(model, mask.to(device))
+        apply_mask(model, mask.to(device), spec.init)
     pruned = time.time()
-    start_loss = initial_loss(model, dataset, spec.score_batch_size, spec.seed)
+    signal = signal_at_init(model, *dataset.sample_batch(spec.score_batch_size, spec.seed))
     history = train(wrap(model), dataset, spec.train, seed=spec.seed, shard=shard)
     return {
         "test_accuracy": history.final_accuracy,
         "test_accuracy_per_epoch": history.test_accuracy,
         "train_loss_per_epoch": history.train_loss,
-        "initial_loss": start_loss,
+        "initial_loss": signal.loss,
+        "init_logit_std": signal.logit_std,
+        "init_grad_norm": signal.grad_norm,
         "num_classes": dataset.num_classes,
         "density": mask.density() if mask is not None else 1.0,
         "layer_densities": mask.layer_densities() if mask is not None else {},

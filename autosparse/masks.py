@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .errors import UserError
 from .io import atomic_write
+from .sparse_init import ORIGINAL, SPARSE_INITS, kept_weight_factors
 
 PRUNABLE_HOOK = "prunable_parameter_names"
 
@@ -127,19 +128,25 @@ class Mask(Mapping[str, Tensor]):
         return cls(tensors)
 
 
-def apply_mask(model: nn.Module, mask: Mask) -> None:
-    """Zero pruned weights and keep them zero while training.
+def apply_mask(model: nn.Module, mask: Mask, init: str = ORIGINAL) -> None:
+    """Zero pruned weights, rescale kept ones by the sparse init `init`, and keep pruned weights zero while
+    training.
 
-    Gradients of pruned entries are zeroed by hooks, so SGD momentum, weight decay and Adam moments
-    never move them. Re-applying replaces the previous mask's hooks.
+    `init` names an entry of `SPARSE_INITS` (autosparse/sparse_init.py): `original` keeps the dense initial
+    values; `layer_variance` and `unit_fan_in` restore each layer's or each unit's squared norm. Apply it to
+    the dense initialization. Gradients of pruned entries are zeroed by hooks, so SGD momentum, weight decay
+    and Adam moments never move them. Re-applying replaces the previous mask's hooks.
     """
     mask.validate(model)
+    SPARSE_INITS.get(init)
     for handle in getattr(model, "_autosparse_mask_hooks", []):
         handle.remove()
     handles = []
     with torch.no_grad():
         for name, param in prunable_parameters(model).items():
             keep = mask[name].to(param.device)
+            if init != ORIGINAL:
+                param.mul_(kept_weight_factors(param, keep, init))
             param.mul_(keep)
             handles.append(param.register_hook(lambda grad, keep=keep: grad * keep))
     model._autosparse_mask_hooks = handles

@@ -12,12 +12,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .config import TrainConfig
+from .config import DEFAULT_INIT, TrainConfig
 from .errors import UserError
 from .experiment import DENSE, CellSpec
 from .io import atomic_write, write_json
 from .pruning import AUTOS
 from .recipes import anchors
+from .sparse_init import ORIGINAL
 
 IRP_LABEL = "irp (reference)"
 RECORDS_FILE = "records.json"
@@ -26,7 +27,7 @@ NO_PROGRESS = 0.9  # final training loss at or above this share of the initial l
 CHANCE_FACTOR = 1.5  # test accuracy at or below this multiple of chance (1 / classes): did not train
 FLAG_COLLAPSED = "†"
 FLAG_UNTRAINED = "‡"
-RESCALING_NOTE = "Kept weights keep their initial values (no method rescales them)."
+MARGIN_TOLERANCE = 0.01  # AutoS within this much of the best control counts as level with it
 
 
 @dataclass
@@ -45,6 +46,13 @@ class CellRecord:
     num_classes: int = 0
     irp_density: Optional[float] = None  # IRP references sit at the closest IRP density
     cut_classes: int = 0  # output units of the last layer without any kept weight
+    init: str = ORIGINAL  # the sparse init of the kept weights (autosparse/sparse_init.py)
+    logit_std: float = math.nan  # std over the scoring batch of the logits at init (after the sparse init)
+    grad_norm: float = math.nan  # norm of the loss gradient at init
+
+    @property
+    def trained(self) -> bool:
+        return not self.collapsed and not self.did_not_train()
 
     @classmethod
     def of(cls, spec: CellSpec, result: dict) -> "CellRecord":
@@ -52,7 +60,8 @@ class CellRecord:
         return cls(spec.target.pair, spec.label, spec.method, spec.variant, spec.sparsity, spec.seed,
                    result["test_accuracy"], result["layer_densities"], result["collapsed_layers"],
                    result["initial_loss"], result["train_loss_per_epoch"][-1], result["num_classes"],
-                   cut_classes=empty[-1] if empty else 0)
+                   cut_classes=empty[-1] if empty else 0, init=spec.init,
+                   logit_std=result.get("init_logit_std", math.nan), grad_norm=result.get("init_grad_norm", math.nan))
 
     @property
     def is_autos(self) -> bool:
@@ -90,6 +99,9 @@ class Summary:
     collapsed: int = 0
     untrained: int = 0
     irp_density: Optional[float] = None
+    init: str = ORIGINAL
+    trained_mean: Optional[float] = None  # over the seeds that trained (no collapse, loss moved): None if none
+    untrained_logit_std: Optional[float] = None  # mean logit std at init of the seeds that did not train
 
 
 def irp_reference_records(target: str, history: list[dict], sparsities: list[float], seed: int) -> list[CellRecord]:
@@ -110,9 +122,13 @@ def summarize(records: list[CellRecord]) -> list[Summary]:
     for (target, label, sparsity), group in sorted(groups.items()):
         values = [r.accuracy for r in group]
         std = statistics.stdev(values) if len(values) > 1 else 0.0
+        trained = [r.accuracy for r in group if r.trained]
+        untrained_std = [r.logit_std for r in group if r.did_not_train() and math.isfinite(r.logit_std)]
         summaries.append(Summary(target, label, sparsity, statistics.fmean(values), std, len(values),
                                  sum(bool(r.collapsed) for r in group), sum(r.did_not_train() for r in group),
-                                 group[0].irp_density))
+                                 group[0].irp_density, group[0].init,
+                                 statistics.fmean(trained) if trained else None,
+                                 statistics.fmean(untrained_std) if untrained_std else None))
     return summaries
 
 
@@ -160,7 +176,8 @@ def markdown_table(summaries: list[Summary]) -> str:
     seeds = max((s.seeds for s in summaries), default=0)
     out.write(f"\nTest accuracy in %, mean ± std over up to {seeds} seeds. {FLAG_COLLAPSED}: a layer collapsed (no "
               f"weight kept) in that many seeds; {FLAG_UNTRAINED}: did not train (loss stayed near its start or "
-              f"chance accuracy, with no collapsed layer) in that many seeds.\n")
+              f"chance accuracy, with no collapsed layer) in that many seeds, with σ the std over the scoring batch "
+              f"of the logits at init in those seeds (about 0: the network outputs a constant).\n")
     return out.getvalue()
 
 
@@ -172,6 +189,8 @@ def _cell_text(s: Summary) -> str:
         text += f" {FLAG_COLLAPSED}{s.collapsed}"
     if s.untrained:
         text += f" {FLAG_UNTRAINED}{s.untrained}"
+        if s.untrained_logit_std is not None:
+            text += f" σ{s.untrained_logit_std:.0e}"
     return text
 
 
@@ -183,10 +202,32 @@ class Margin:
     autos: Summary
     best: Optional[Summary]
     irp: Optional[Summary]
+    best_trained: Optional[Summary] = None  # the best control by its trained seeds only
 
     @property
     def over_best(self) -> float:
         return self.autos.mean - self.best.mean if self.best else math.nan
+
+    @property
+    def protocol_failure(self) -> bool:
+        """No control trained in any seed: the pair measures the protocol, not the masks."""
+        return self.best is not None and self.best_trained is None
+
+    @property
+    def from_trainability(self) -> bool:
+        """Level with the best control only because some control seeds did not train: against the seeds that
+        did, AutoS falls more than the tolerance short (a signal kept, not better weights)."""
+        return (self.best_trained is not None and self.over_best >= -MARGIN_TOLERANCE
+                and self.autos.mean - self.best_trained.trained_mean < -MARGIN_TOLERANCE)
+
+    @property
+    def note(self) -> str:
+        if self.protocol_failure:
+            return "protocol failure: no control trained"
+        if self.from_trainability:
+            return (f"from trainability: {self.best_trained.label} {100 * self.best_trained.trained_mean:.1f} "
+                    "in the seeds that trained")
+        return ""
 
     @property
     def to_irp(self) -> float:
@@ -194,33 +235,66 @@ class Margin:
 
 
 def margins(summaries: list[Summary], records: list[CellRecord]) -> list[Margin]:
-    """Per AutoS method, target and sparsity: the best control (any PaI baseline) and the IRP reference."""
+    """Per AutoS method, target and sparsity: the best control (any PaI baseline under the same sparse init),
+    the best one by its trained seeds, and the IRP reference."""
     controls = {r.label for r in records if r.is_control}
     keyed = {(s.target, s.label, s.sparsity): s for s in summaries}
     out = []
     for s in summaries:
         if not s.label.startswith(AUTOS) or "+" in s.label:
             continue
-        candidates = [keyed[(s.target, c, s.sparsity)] for c in controls if (s.target, c, s.sparsity) in keyed]
+        candidates = [keyed[(s.target, c, s.sparsity)] for c in controls
+                      if (s.target, c, s.sparsity) in keyed and keyed[(s.target, c, s.sparsity)].init == s.init]
         best = max(candidates, key=lambda c: c.mean) if candidates else None
-        out.append(Margin(s.target, s.label, s.sparsity, s, best, keyed.get((s.target, IRP_LABEL, s.sparsity))))
+        trained = [c for c in candidates if c.trained_mean is not None]
+        best_trained = max(trained, key=lambda c: c.trained_mean) if trained else None
+        out.append(Margin(s.target, s.label, s.sparsity, s, best, keyed.get((s.target, IRP_LABEL, s.sparsity)),
+                          best_trained))
     return out
 
 
 def margin_table(items: list[Margin]) -> str:
     if not items:
         return ""
-    lines = ["| target | sparsity | AutoS method | AutoS | best control | margin | IRP | gap to IRP |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| target | sparsity | AutoS method | AutoS | best control | margin | IRP | gap to IRP | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for m in sorted(items, key=lambda m: (m.target, m.label, m.sparsity)):
-        best = f"{m.best.label} {100 * m.best.mean:.1f}" if m.best else ""
+        best = f"{m.best.label} {_cell_text(m.best)}" if m.best else ""
         irp = f"{100 * m.irp.mean:.1f}" if m.irp else ""
         lines.append(f"| {m.target} | {m.sparsity:.0%} | {m.label} | {_cell_text(m.autos)} | {best} | "
-                     f"{100 * m.over_best:+.1f} | {irp} | {100 * m.to_irp:+.1f} |")
+                     f"{100 * m.over_best:+.1f} | {irp} | {100 * m.to_irp:+.1f} | {m.note} |")
     return "\n".join(lines) + "\n"
 
 
-def recipe_text(context: ReportContext) -> str:
+def untrained_table(records: list[CellRecord]) -> str:
+    """Per method and sparsity: how many cells did not train or collapsed a layer, of how many."""
+    cells = [r for r in records if r.method not in (DENSE, "irp")]
+    sparsities = sorted({r.sparsity for r in cells})
+    if not cells:
+        return ""
+    lines = ["| method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |", "|---|" + "---|" * len(sparsities)]
+    for label in sorted({r.label for r in cells}, key=_method_order):
+        counts = []
+        for sparsity in sparsities:
+            group = [r for r in cells if r.label == label and r.sparsity == sparsity]
+            failed = sum(not r.trained for r in group)
+            counts.append(f"{failed} of {len(group)}" if group else "")
+        lines.append(f"| {label} | " + " | ".join(counts) + " |")
+    return ("Cells that did not train or collapsed a layer, of all cells (every target and seed): a finding "
+            "about the protocol, not a score.\n\n" + "\n".join(lines) + "\n")
+
+
+def init_note(records: list[CellRecord]) -> str:
+    inits = sorted({r.init for r in records if r.method not in (DENSE, "irp")})
+    described = {ORIGINAL: "kept weights keep their dense initial values",
+                 "layer_variance": "kept weights rescaled to each layer's dense squared norm",
+                 "unit_fan_in": "kept weights rescaled to each unit's dense squared norm (Evci et al. 2022)"}
+    return "Sparse init (autosparse/sparse_init.py): " + "; ".join(
+        f"`{name}`{' (rows marked init:' + name + ')' if name != DEFAULT_INIT else ''}: "
+        f"{described.get(name, 'a registered sparse init')}" for name in inits) + "."
+
+
+def recipe_text(context: ReportContext, records: list[CellRecord]) -> str:
     if not context.recipes:
         return ""
     lines = ["| target | epochs | batch | optimizer | lr | schedule | weight decay | warm-up |", "|---|---|---|---|---|---|---|---|"]
@@ -229,18 +303,18 @@ def recipe_text(context: ReportContext) -> str:
         lines.append(f"| {target} | {t.epochs} | {t.batch_size} | {t.optimizer} (momentum {t.momentum}) | {t.lr} | "
                      f"{schedule} | {t.weight_decay} | {t.warmup_epochs} |")
     return ("Every method, the dense reference and the IRP reference of a target train with its recipe "
-            f"(autosparse/recipes.py plus the config's overrides). {RESCALING_NOTE}\n\n" + "\n".join(lines) + "\n")
+            f"(autosparse/recipes.py plus the config's overrides). {init_note(records)}\n\n" + "\n".join(lines) + "\n")
 
 
 def csv_text(records: list[CellRecord]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["target", "method", "variant", "label", "sparsity", "seed", "accuracy", "collapsed",
-                     "cut_classes", "did_not_train", "initial_loss", "final_loss"])
+    writer.writerow(["target", "method", "variant", "init", "label", "sparsity", "seed", "accuracy", "collapsed",
+                     "cut_classes", "did_not_train", "initial_loss", "final_loss", "init_logit_std", "init_grad_norm"])
     for r in records:
-        writer.writerow([r.target, r.method, r.variant or "", r.label, r.sparsity, r.seed, f"{r.accuracy:.6f}",
+        writer.writerow([r.target, r.method, r.variant or "", r.init, r.label, r.sparsity, r.seed, f"{r.accuracy:.6f}",
                          ";".join(r.collapsed), r.cut_classes, int(r.did_not_train()), f"{r.initial_loss:.4f}",
-                         f"{r.final_loss:.4f}"])
+                         f"{r.final_loss:.4f}", f"{r.logit_std:.3g}", f"{r.grad_norm:.3g}"])
     return out.getvalue()
 
 
@@ -355,9 +429,22 @@ def flag_lists(records: list[CellRecord]) -> str:
         text += ("\n## Classes cut off (the last layer keeps no weight into some output units)\n\n"
                  + "".join(f"- {t} / {label} at {s:.0%}: {n} output unit(s)\n" for t, label, s, n in cut))
     if untrained:
-        text += ("\n## Did not train (no layer collapsed: the budget or optimizer, not the mask's layer allocation)\n\n"
-                 + "".join(f"- {t} / {label} at {s:.0%}\n" for t, label, s in untrained))
+        text += ("\n## Did not train (no layer collapsed), with the signal at init\n\n"
+                 "Logit std: over the scoring batch, at init after the sparse init (about 0: a constant output, "
+                 "whose gradients vanish); gradient norm: of the loss at init. Means over the seeds named.\n\n")
+        for target, label, sparsity in untrained:
+            group = [r for r in records if (r.target, r.label, r.sparsity) == (target, label, sparsity)]
+            text += f"- {target} / {label} at {sparsity:.0%}: " + "; ".join(
+                f"{name} {len(part)} seed(s): logit std {_mean(r.logit_std for r in part):.1e}, "
+                f"gradient norm {_mean(r.grad_norm for r in part):.1e}"
+                for name, part in (("did not train in", [r for r in group if r.did_not_train()]),
+                                   ("trained in", [r for r in group if r.trained])) if part) + "\n"
     return text
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return statistics.fmean(values) if values else math.nan
 
 
 def write_report(records: list[CellRecord], folder: Path, title: str,
@@ -369,8 +456,10 @@ def write_report(records: list[CellRecord], folder: Path, title: str,
     margin = margin_table(margins(summaries, records))
     sources = "".join(f"- {label} on {target} learned from: {', '.join(pairs)}\n"
                       for (target, label), pairs in sorted(context.sources.items()))
-    markdown = (f"# {title}\n\n## Recipes\n\n{recipe_text(context)}\n## Accuracy\n{table}"
+    failures = untrained_table(records)
+    markdown = (f"# {title}\n\n## Recipes\n\n{recipe_text(context, records)}\n## Accuracy\n{table}"
                 + (f"\n## AutoS against the best control and IRP\n\n{margin}" if margin else "")
+                + (f"\n## Cells that did not train, per method\n\n{failures}" if failures else "")
                 + (f"\n## What each AutoS method learned from (never its target's pair)\n\n{sources}" if sources else "")
                 + flag_lists(records))
     atomic_write(folder / "report.md", lambda tmp: Path(tmp).write_text(markdown))

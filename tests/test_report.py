@@ -5,16 +5,17 @@ import math
 
 import pytest
 
-from autosparse.config import TrainConfig
-from autosparse.report import (FLAG_COLLAPSED, FLAG_UNTRAINED, IRP_LABEL, CellRecord, ReportContext, margins,
-                               markdown_table, regenerate_reports, summarize, summary_metrics, write_report)
+from autosparse.config import DEFAULT_INIT, TrainConfig
+from autosparse.report import (FLAG_COLLAPSED, FLAG_UNTRAINED, IRP_LABEL, CellRecord, ReportContext, margin_table,
+                               margins, markdown_table, regenerate_reports, summarize, summary_metrics,
+                               untrained_table, write_report)
 
 
 def record(target="mlp/digits", label="snip", sparsity=0.9, seed=0, accuracy=0.9, collapsed=(), initial=2.3,
-           final=0.2, classes=10, variant=None) -> CellRecord:
-    method = label.split("+")[0]
+           final=0.2, classes=10, variant=None, init=DEFAULT_INIT, logit_std=0.5) -> CellRecord:
+    method = label.split("+")[0].split(" init:")[0]
     return CellRecord(target, label, method, variant, sparsity, seed, accuracy, {"a": 0.1}, list(collapsed), initial,
-                      final, classes)
+                      final, classes, init=init, logit_std=logit_std, grad_norm=1.0)
 
 
 def test_did_not_train_flags_stuck_loss_or_chance_accuracy_without_collapse():
@@ -34,7 +35,7 @@ def test_table_marks_collapsed_and_untrained_cells_apart():
     table = markdown_table(summarize(records))
     assert "| snip | 85.0 ± 7.1 |" in table  # mean ± sample std of 90 and 80
     assert f"| magnitude | 10.0 ± 0.0 {FLAG_COLLAPSED}1 |" in table
-    assert f"| random | 10.0 ± 0.0 {FLAG_UNTRAINED}1 |" in table
+    assert f"| random | 10.0 ± 0.0 {FLAG_UNTRAINED}1 σ5e-01 |" in table
 
 
 def test_dense_reference_beside_its_anchor_and_marked_when_short():
@@ -74,7 +75,7 @@ def test_report_files_state_the_recipe_and_regenerate(tmp_path):
     table, files = write_report(records, folder, "t", context)
     text = (folder / "report.md").read_text()
     assert "## Recipes" in text and "| mlp/digits | 60 | 64 | sgd (momentum 0.9) | 0.1 | cosine |" in text
-    assert "rescales" in text
+    assert f"Sparse init (autosparse/sparse_init.py): `{DEFAULT_INIT}`: kept weights rescaled" in text
     assert {f.name for f in files} >= {"report.md", "results.csv", "records.json", "accuracy_vs_sparsity.png"}
     ((path, again),) = regenerate_reports(tmp_path)
     assert path == folder and again == table
@@ -87,3 +88,43 @@ def test_classes_cut_off_are_listed_apart(tmp_path):
     write_report([cut, record()], tmp_path, "t")
     text = (tmp_path / "report.md").read_text()
     assert "## Classes cut off" in text and "snip/iter20@alloc:learned at 90%: 6 output unit(s)" in text
+
+
+def untrained(label: str, seed: int, **kwargs) -> CellRecord:
+    return record(label=label, seed=seed, accuracy=0.1, final=2.3, logit_std=5e-5, **kwargs)
+
+
+def test_untrained_cells_show_their_signal_at_init_and_are_counted_per_method(tmp_path):
+    records = [record(seed=0), untrained("snip", 1), untrained("random", 0), untrained("random", 1)]
+    table = markdown_table(summarize(records))
+    assert f"| snip | 50.0 ± 56.6 {FLAG_UNTRAINED}1 σ5e-05 |" in table
+    counts = untrained_table(records)
+    assert "| random | 2 of 2 |" in counts and "| snip | 1 of 2 |" in counts
+    write_report(records, tmp_path, "t")
+    text = (tmp_path / "report.md").read_text()
+    assert "- mlp/digits / snip at 90%: did not train in 1 seed(s): logit std 5.0e-05, gradient norm 1.0e+00; " \
+           "trained in 1 seed(s): logit std 5.0e-01" in text
+
+
+def test_a_pair_where_no_control_trains_is_a_protocol_failure_not_a_win():
+    records = [untrained("snip", 0), untrained("synflow", 0), record(label="autos:c", accuracy=0.9)]
+    (margin,) = margins(summarize(records), records)
+    assert margin.protocol_failure and margin.note == "protocol failure: no control trained"
+    assert "protocol failure" in margin_table([margin])
+
+
+def test_a_margin_that_comes_from_trainability_is_named():
+    records = [record(label="synflow", seed=0, accuracy=0.95), untrained("synflow", 1),
+               record(label="autos:c", seed=0, accuracy=0.90), record(label="autos:c", seed=1, accuracy=0.90)]
+    (margin,) = margins(summarize(records), records)
+    assert margin.over_best > 0 and margin.from_trainability  # 90 vs 52.5 over both seeds, vs 95 where it trained
+    assert margin.note == "from trainability: synflow 95.0 in the seeds that trained"
+    fair = [record(label="synflow", accuracy=0.95), record(label="autos:c", accuracy=0.96)]
+    assert not margins(summarize(fair), fair)[0].note
+
+
+def test_controls_under_another_init_never_set_the_margin():
+    records = [record(label="synflow", accuracy=0.80), record(label="autos:c", accuracy=0.85),
+               record(label="synflow init:original", init="original", accuracy=0.99)]
+    (margin,) = [m for m in margins(summarize(records), records) if m.label == "autos:c"]
+    assert margin.best.label == "synflow" and margin.over_best == pytest.approx(0.05)

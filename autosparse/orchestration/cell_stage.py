@@ -42,11 +42,11 @@ def method_facts(method: MethodSpec) -> dict:
     return {k: v for k, v in facts.items() if v}
 
 
-def applies_variants(method: MethodSpec, variant_methods: Optional[list[str]]) -> bool:
-    if variant_methods is None:
+def selected(method: MethodSpec, names: Optional[list[str]]) -> bool:
+    """Whether a method list such as `variant_methods` names `method` (None names every method)."""
+    if names is None:
         return True
-    return method.label() in variant_methods or method.criterion in variant_methods or \
-        (method.is_autos and AUTOS in variant_methods)
+    return method.label() in names or method.criterion in names or (method.is_autos and AUTOS in names)
 
 
 def cell_job(spec: CellSpec, inputs: tuple[str, ...], extras: dict) -> Job:
@@ -54,29 +54,33 @@ def cell_job(spec: CellSpec, inputs: tuple[str, ...], extras: dict) -> Job:
     tags = {"target.model": spec.target.model, "target.dataset": spec.target.dataset, "method": spec.method,
             "criterion": method.criterion.split(":")[0] if method else DENSE,
             "scorer.name": method.scorer_name if method else None, "allocation": method.allocation if method else None,
-            "label": spec.label, "variant": spec.variant, "sparsity": spec.sparsity, "seed": spec.seed}
+            "label": spec.label, "variant": spec.variant, "init": spec.init, "sparsity": spec.sparsity,
+            "seed": spec.seed}
     return Job("cell", spec, inputs, f"{spec.target.pair} {spec.label} s={spec.sparsity} seed={spec.seed}", extras, tags)
 
 
 def target_cells(config: PipelineConfig, target: ModelOnData) -> list[Job]:
-    """Every cell of one target: its dense reference and each method x variant x sparsity, per seed."""
+    """Every cell of one target: its dense reference and each method x (variant or compared init) x sparsity,
+    per seed."""
     matrix = config.matrix
     train = train_config(target.dataset, target.model, matrix.train, "matrix.train")
     jobs = []
     for seed in matrix.seeds:
         common = dict(target=target, seed=seed, train=train, score_batch_size=config.data.score_batch_size)
         if matrix.dense_reference:
-            jobs.append(cell_job(CellSpec(method=DENSE, sparsity=0.0, **common), (), {}))
+            jobs.append(cell_job(CellSpec(method=DENSE, sparsity=0.0, init=matrix.init, **common), (), {}))
         for text in matrix.methods:
             method = MethodSpec.parse(text)
             scorer = scorer_for(config, method.scorer_name, target) if method.is_autos else None
             allocator = allocator_for(config, target) if method.allocation == LEARNED else None
             inputs = tuple(job.digest for job in (scorer, allocator) if job is not None)
             refs = dict(scorer=scorer.digest if scorer else None, allocator=allocator.digest if allocator else None)
-            variants = [None] + (list(matrix.variants) if applies_variants(method, matrix.variant_methods) else [])
-            for variant in variants:
+            variants = [None] + (list(matrix.variants) if selected(method, matrix.variant_methods) else [])
+            inits = list(matrix.compare_inits) if selected(method, matrix.compare_init_methods) else []
+            for variant, init in [(v, matrix.init) for v in variants] + [(None, i) for i in inits]:
                 for sparsity in matrix.sparsities:
-                    spec = CellSpec(method=method.label(), sparsity=sparsity, variant=variant, **refs, **common)
+                    spec = CellSpec(method=method.label(), sparsity=sparsity, variant=variant, init=init, **refs,
+                                    **common)
                     jobs.append(cell_job(spec, inputs, method_facts(method)))
     return jobs
 
@@ -191,6 +195,7 @@ class CellStage(Stage):
             metrics={"test_accuracy": result["test_accuracy"], "density": result["density"],
                      "sparsity": spec.sparsity, "collapsed_layers": len(result["collapsed_layers"]),
                      "initial_loss": result["initial_loss"], "final_train_loss": result["train_loss_per_epoch"][-1],
+                     **{key: result[key] for key in ("init_logit_std", "init_grad_norm") if key in result},
                      "seconds": result["seconds"], "prune_seconds": result["prune_seconds"]},
             curves={"epoch_test_accuracy": result["test_accuracy_per_epoch"],
                     "epoch_train_loss": result["train_loss_per_epoch"]},

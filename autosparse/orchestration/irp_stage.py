@@ -2,6 +2,7 @@
 checkpoints each), then a Ray task computing the per-round features and writing the survival dataset."""
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -58,11 +59,13 @@ def chains_for(config: PipelineConfig, target: ModelOnData) -> list[Job]:
 
 
 def reference_chains(config: PipelineConfig) -> list[Job]:
-    """Each target's own IRP chain (first matrix seed), trained exactly like the target's cells."""
+    """Each target's own IRP chain (first matrix seed), trained exactly like the target's cells (their recipe
+    and sparse init)."""
     matrix = config.matrix
     if not matrix.irp_reference:
         return []
-    return [chain_job(IRPChainConfig(t.model, t.dataset, matrix.seeds[0], config.irp,
+    irp = dataclasses.replace(config.irp, init=matrix.init)
+    return [chain_job(IRPChainConfig(t.model, t.dataset, matrix.seeds[0], irp,
                                      train_config(t.dataset, t.model, matrix.train, "matrix.train"),
                                      config.data.score_batch_size),
                       {"role": "reference", "target.model": t.model, "target.dataset": t.dataset})

@@ -6,8 +6,9 @@
 For every source chain of the config (read from the workspace, where `autosparse irp` put them), each
 candidate design is fitted on the OTHER sources only, then prunes that
 held-out source's (model, dataset) pair at validation seeds (10, 11: no test target uses them), and the
-network trains with its recipe. Writes benchmarks/results/validation/{results.jsonl, validation.md}.
-Rows that are already in results.jsonl are not recomputed.
+network trains with its recipe from each sparse init of `--inits` (rows are labelled `<design> init:<name>`
+for inits other than `original`, the init every design was chosen under before). Writes
+benchmarks/results/validation/{results.jsonl, validation.md}; rows already in results.jsonl are not recomputed.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from autosparse.allocator import fit_allocator
 from autosparse.config import (TRANSFERABLE_FEATURES, AllocatorConfig, ModelOnData, ScorerConfig, load_config)
 from autosparse.data import load_dataset
 from autosparse.experiment import CellSpec, run_cell
+from autosparse.report import CellRecord
+from autosparse.sparse_init import ORIGINAL, SPARSE_INITS
 from autosparse.io import atomic_write
 from autosparse.orchestration.irp_stage import source_chains, survival_path
 from autosparse.orchestration.store import StageStore
@@ -73,21 +76,36 @@ def fitted(held: str, others: list, out: Path, scorer: str | None, allocator: bo
     return tuple(paths)
 
 
+def row_init(row: dict) -> str:
+    return row.get("init", ORIGINAL)  # rows written before sparse inits existed are `original`
+
+
+def row_label(design: str, init: str) -> str:
+    return design if init == ORIGINAL else f"{design} init:{init}"
+
+
 def table(rows: list[dict]) -> str:
-    cells = defaultdict(list)
+    """Designs (x inits) as rows, held-out pair x sparsity as columns; a design needs every column. The last
+    column counts the cells that did not train (rows written before that was recorded show '?')."""
+    cells, untrained = defaultdict(list), defaultdict(list)
     for row in rows:
-        cells[(row["design"], row["held_out"], row["sparsity"])].append(row["accuracy"])
+        key = (row_label(row["design"], row_init(row)), row["held_out"], row["sparsity"])
+        cells[key].append(row["accuracy"])
+        untrained[key[0]].append(row.get("did_not_train"))
     held = sorted({r["held_out"] for r in rows})
     sparsities = sorted({r["sparsity"] for r in rows})
     columns = [(h, s) for h in held for s in sparsities]
-    lines = ["| design | " + " | ".join(f"{h} {s:.0%}" for h, s in columns) + " | mean |",
-             "|---|" + "---|" * (len(columns) + 1)]
-    for design in DESIGNS:
-        values = [statistics.fmean(cells[(design, h, s)]) for h, s in columns if cells.get((design, h, s))]
+    lines = ["| design | " + " | ".join(f"{h} {s:.0%}" for h, s in columns) + " | mean | did not train |",
+             "|---|" + "---|" * (len(columns) + 2)]
+    labels = [row_label(d, i) for i in [ORIGINAL, *SPARSE_INITS.registered()] for d in DESIGNS]
+    for label in dict.fromkeys(labels):
+        values = [statistics.fmean(cells[(label, h, s)]) for h, s in columns if cells.get((label, h, s))]
         if len(values) < len(columns):
             continue
-        lines.append(f"| {design} | " + " | ".join(f"{100 * v:.1f}" for v in values) +
-                     f" | {100 * statistics.fmean(values):.1f} |")
+        flags = untrained[label]
+        count = "?" if None in flags else f"{sum(flags)} of {len(flags)}"
+        lines.append(f"| {label} | " + " | ".join(f"{100 * v:.1f}" for v in values) +
+                     f" | {100 * statistics.fmean(values):.1f} | {count} |")
     return "\n".join(lines) + "\n"
 
 
@@ -109,45 +127,58 @@ def source_survival(config_path: str, workspace: str) -> dict:
             for job in source_chains(load_config(config_path))}
 
 
+def source_pairs(config_path: str) -> list[str]:
+    return [job.config.pair for job in source_chains(load_config(config_path))]
+
+
 def main() -> None:
     parser = leave_one_out_arguments(__doc__.splitlines()[0], "benchmarks/results/validation")
     parser.add_argument("--designs", default=",".join(DESIGNS), help="comma-separated subset of the designs")
+    parser.add_argument("--inits", default=ORIGINAL, help="comma-separated sparse inits (autosparse/sparse_init.py)")
+    parser.add_argument("--held", default=None, help="comma-separated held-out pairs (default: every source)")
     args = parser.parse_args()
-    designs = args.designs.split(",")
+    designs, inits = args.designs.split(","), args.inits.split(",")
     unknown = sorted(set(designs) - set(DESIGNS))
     if unknown:
         parser.error(f"--designs: unknown design {unknown[0]!r}")
+    if set(inits) - set(SPARSE_INITS):
+        parser.error(f"--inits: unknown sparse init {sorted(set(inits) - set(SPARSE_INITS))[0]!r}")
     torch.set_num_threads(1)
-    chains = source_survival(args.config, args.workspace)
+    pairs = source_pairs(args.config)
+    learned = any(MethodSpec.parse(d).is_autos or MethodSpec.parse(d).allocation == "learned" for d in designs)
+    chains = source_survival(args.config, args.workspace) if learned else {}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
-    done = {(r["design"], r["held_out"], r["sparsity"], r["seed"]) for r in rows}
+    done = {(r["design"], r["held_out"], r["sparsity"], r["seed"], row_init(r)) for r in rows}
     with tempfile.TemporaryDirectory() as scratch:
-        for held, data in chains.items():
+        for held in args.held.split(",") if args.held else pairs:
             others = [d for pair, d in chains.items() if pair != held]
             model, dataset_name = held.split("/")
             dataset = load_dataset(dataset_name)
             for design in designs:
-                missing = [(sparsity, seed) for sparsity in map(float, args.sparsities.split(","))
-                           for seed in map(int, args.seeds.split(",")) if (design, held, sparsity, seed) not in done]
+                missing = [(sparsity, seed, init) for sparsity in map(float, args.sparsities.split(","))
+                           for seed in map(int, args.seeds.split(",")) for init in inits
+                           if (design, held, sparsity, seed, init) not in done]
                 if not missing:
                     continue
                 method = MethodSpec.parse(design)
                 scorer, allocator = fitted(held, others, Path(scratch), method.scorer_name,
                                            method.allocation == "learned")
-                for sparsity, seed in missing:
+                for sparsity, seed, init in missing:
                     spec = CellSpec(ModelOnData(model, dataset_name), design, sparsity, seed,
-                                    train_config(dataset_name, model))
+                                    train_config(dataset_name, model), init=init)
                     result = run_cell(spec, dataset, scorer, allocator)
-                    row = {"design": design, "held_out": held, "sparsity": sparsity, "seed": seed,
-                           "accuracy": result["test_accuracy"], "layer_densities": result["layer_densities"]}
+                    row = {"design": design, "held_out": held, "sparsity": sparsity, "seed": seed, "init": init,
+                           "accuracy": result["test_accuracy"], "layer_densities": result["layer_densities"],
+                           "did_not_train": not CellRecord.of(spec, result).trained,
+                           "init_logit_std": result["init_logit_std"], "init_grad_norm": result["init_grad_norm"]}
                     rows.append(row)
                     with results.open("a") as handle:
                         handle.write(json.dumps(row) + "\n")
-                    print(f"{held:18s} {design:42s} {sparsity:.2f} seed {seed}: {100 * row['accuracy']:.1f}",
-                          flush=True)
+                    print(f"{held:18s} {row_label(design, init):60s} {sparsity:.2f} seed {seed}: "
+                          f"{100 * row['accuracy']:.1f}", flush=True)
     text = (f"Leave-one-source-out over the sources of `{Path(args.config).name}`; validation seeds {args.seeds}; "
             "test accuracy in %, mean over seeds.\n\n" + table(rows))
     atomic_write(out / "validation.md", lambda tmp: Path(tmp).write_text(text))

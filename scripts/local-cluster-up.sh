@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Start a local Ray head and an MLflow tracking server, both bound to 127.0.0.1.
+# Start a local Ray head and an MLflow tracking server. MLflow and the Ray dashboard bind to
+# 127.0.0.1; Ray 2.60 binds its other services to the machine's network address whatever
+# --node-ip-address says, so their ports are pinned here for a firewall rule to close
+# (clusters/README.md, "What the local cluster exposes").
 # Idempotent: whatever is already running is left alone. Stop with scripts/local-cluster-down.sh.
 #
 #   NUM_CPUS=2 MLFLOW_PORT=5000 STATE_DIR=.local-cluster scripts/local-cluster-up.sh
 #
-# Environment (defaults): NUM_CPUS (2), MLFLOW_PORT (5000), RAY_PORT (6379),
-# DASHBOARD_PORT (8265), STATE_DIR (.local-cluster: MLflow SQLite DB, artifacts, logs,
-# pid), AUTOSPARSE_WORKSPACE (./autosparse-workspace; a directory or an s3://, gs:// URI),
-# MLFLOW_START_TIMEOUT (120 s).
+# Environment (defaults): NUM_CPUS (2), MLFLOW_PORT (5000), RAY_PORT (6379, GCS; the head's
+# other Ray services use RAY_PORT+1 to RAY_PORT+5), RAY_CLIENT_PORT (10001), WORKER_PORTS
+# (10002-10999), DASHBOARD_PORT (8265), DASHBOARD_AGENT_PORT (52365), STATE_DIR (.local-cluster:
+# MLflow SQLite DB, artifacts, logs, pid), AUTOSPARSE_WORKSPACE (./autosparse-workspace; a
+# directory or an s3://, gs:// URI), MLFLOW_START_TIMEOUT (120 s).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
@@ -16,6 +20,9 @@ NUM_CPUS=${NUM_CPUS:-2}
 MLFLOW_PORT=${MLFLOW_PORT:-5000}
 RAY_PORT=${RAY_PORT:-6379}
 DASHBOARD_PORT=${DASHBOARD_PORT:-8265}
+RAY_CLIENT_PORT=${RAY_CLIENT_PORT:-10001}
+WORKER_PORTS=${WORKER_PORTS:-10002-10999}
+DASHBOARD_AGENT_PORT=${DASHBOARD_AGENT_PORT:-52365}
 MLFLOW_START_TIMEOUT=${MLFLOW_START_TIMEOUT:-120}
 STATE_DIR=${STATE_DIR:-.local-cluster}
 mkdir -p "$STATE_DIR"
@@ -57,7 +64,12 @@ else
     AUTOSPARSE_CLUSTER_MLFLOW_URI=$tracking_uri \
     AUTOSPARSE_CLUSTER_WORKSPACE=$workspace \
     ray start --head --node-ip-address=127.0.0.1 --port="$RAY_PORT" --num-cpus="$NUM_CPUS" \
-    --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" --disable-usage-stats
+    --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" --disable-usage-stats \
+    --node-manager-port=$((RAY_PORT + 1)) --object-manager-port=$((RAY_PORT + 2)) \
+    --runtime-env-agent-port=$((RAY_PORT + 3)) --dashboard-agent-grpc-port=$((RAY_PORT + 4)) \
+    --metrics-export-port=$((RAY_PORT + 5)) --dashboard-agent-listen-port="$DASHBOARD_AGENT_PORT" \
+    --ray-client-server-port="$RAY_CLIENT_PORT" \
+    --min-worker-port="${WORKER_PORTS%-*}" --max-worker-port="${WORKER_PORTS#*-}"
 fi
 
 # 3. Wait (bounded) for MLflow to answer its health check.
@@ -81,4 +93,7 @@ Local cluster up.
   MLflow UI:               $tracking_uri
   Workspace:               $workspace
 Submit:  scripts/submit.sh quickstart      Stop:  scripts/local-cluster-down.sh
+Ray also listens on this machine's network address: TCP $RAY_PORT-$((RAY_PORT + 5)), $RAY_CLIENT_PORT (Ray Client,
+which runs code for whoever reaches it), $WORKER_PORTS and $DASHBOARD_AGENT_PORT. Close them to other hosts:
+  sudo iptables -I INPUT ! -i lo -p tcp -m multiport --dports $RAY_PORT:$((RAY_PORT + 5)),$RAY_CLIENT_PORT,${WORKER_PORTS/-/:},$DASHBOARD_AGENT_PORT -j DROP
 MSG

@@ -273,6 +273,17 @@ def test_script_syntax(path):
     assert result.returncode == 0, result.stderr
 
 
+def test_local_cluster_pins_every_ray_port_that_the_readme_closes():
+    """Ray binds its services to the network address: each port `ray start` can open is pinned (or is
+    the loopback dashboard), and the README's firewall rule covers the defaults."""
+    from ray.scripts.scripts import start
+
+    up = (SCRIPTS / "local-cluster-up.sh").read_text()
+    ports = {o for p in start.params for o in p.opts if o.endswith("-port")} - {"--dashboard-port"}
+    assert ports and all(f"{option}=" in up for option in ports), sorted(o for o in ports if f"{o}=" not in up)
+    assert "--dports 6379:6384,10001,10002:10999,52365 -j DROP" in (CLUSTERS / "README.md").read_text()
+
+
 def test_local_cluster_scripts_bind_to_loopback():
     up = (SCRIPTS / "local-cluster-up.sh").read_text()
     assert "--dashboard-host=127.0.0.1" in up and "--host 127.0.0.1" in up

@@ -10,6 +10,8 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
+from autosparse.config import DEFAULT_INIT
+
 from conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -91,8 +93,10 @@ def test_the_mlflow_view_compares_methods(smoke_run) -> None:
             tags, params = run.data.tags, run.data.params
             assert tags["method"] == params["method"]  # the tag is the param
             assert tags["label"].startswith(tags["method"])
-            for key in ("target.model", "target.dataset", "sparsity", "seed"):
+            for key in ("target.model", "target.dataset", "sparsity", "seed", "init"):
                 assert tags[key] == params[key], key
+            assert tags["init"] == DEFAULT_INIT  # smoke sets no init: the protocol's default
+            assert run.data.metrics["init_logit_std"] >= 0 and run.data.metrics["init_grad_norm"] >= 0
             assert run.info.end_time > run.info.start_time  # real times, not the time of logging
             assert [a.path for a in client.list_artifacts(run.info.run_id)] in (
                 ["layer_densities.tsv", "mask.pt"], [])  # dense cells have no mask

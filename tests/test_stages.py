@@ -14,12 +14,12 @@ from torch import nn
 
 import autosparse
 from autosparse.cli import build_parser
-from autosparse.config import DataConfig, PipelineConfig, load_config
+from autosparse.config import DEFAULT_INIT, DataConfig, PipelineConfig, load_config
 from autosparse.criteria import CRITERIA
 from autosparse.features import FEATURES
 from autosparse.masks import prunable_parameters
 from autosparse.orchestration.cell_stage import target_cells
-from autosparse.orchestration.irp_stage import source_chains
+from autosparse.orchestration.irp_stage import reference_chains, source_chains
 from autosparse.orchestration.pipeline import Pipeline
 from autosparse.orchestration.runtime import RunOptions
 from autosparse.orchestration.stage import (STAGES, Job, LineProgress, Runner, Stage, TrackedRun, execute_job,
@@ -234,6 +234,25 @@ def test_cell_hashes_include_the_constants_of_the_criteria_they_use(monkeypatch)
     assert after["grasp"] != before["grasp"]
     assert after["random@alloc:grasp"] != before["random@alloc:grasp"]  # allocation by a criterion counts too
     assert after["snip"] == before["snip"]  # SNIP does not use GraSP's temperature
+
+
+def test_the_sparse_init_enters_the_hashes_of_what_it_changes_only():
+    default = load_config("smoke")
+    original = load_config("smoke", ["matrix.init=original"])
+    assert cell_digests(original)["snip"] != cell_digests(default)["snip"]
+    assert chain_digest("matrix.init=original") == chain_digest()  # source chains: irp.init, not matrix.init
+    assert chain_digest("irp.init=layer_variance") != chain_digest()
+    references = [reference_chains(config)[0].digest for config in (default, original)]
+    assert references[0] != references[1]  # a target's IRP reference trains under the cells' init
+
+
+def test_compare_inits_add_labelled_cells_of_the_methods_named():
+    config = load_config("smoke", [f"matrix.init={DEFAULT_INIT}", "matrix.compare_inits=[original]",
+                                   "matrix.compare_init_methods=[snip, autos]", "matrix.variants=[]"])
+    labels = {job.config.label for job in target_cells(config, config.matrix.targets[0]) if job.config.seed == 0}
+    assert {"snip init:original", "autos:paper init:original", "autos:conditional@alloc:learned init:original",
+            "snip", "synflow", "dense"} <= labels
+    assert "synflow init:original" not in labels and "dense init:original" not in labels
 
 
 # ---------------------------------------------------------------- models declare their prunable tensors

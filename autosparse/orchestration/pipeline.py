@@ -23,8 +23,10 @@ EXPERIMENT_DESCRIPTION = """autosparse pipeline `{name}`: learned pruning at ini
 
 - `tags.stage = 'cell'`: one target network pruned by one method at one sparsity and seed, then trained.
   Tags: `target.model`, `target.dataset`, `method` (as in the config, e.g. `snip/iter20@alloc:learned`),
-  `criterion`, `allocation`, `label` (method plus sanity variant), `variant`, `sparsity`, `seed`.
-  Metrics: `test_accuracy`, `sparsity`, `density`, `collapsed_layers`, per-epoch `epoch_train_loss`.
+  `criterion`, `allocation`, `label` (method plus sanity variant), `variant`, `init` (the sparse init of the
+  kept weights), `sparsity`, `seed`. Metrics: `test_accuracy`, `sparsity`, `density`, `collapsed_layers`,
+  `init_logit_std` and `init_grad_norm` (the signal at init: about 0 means the cell could not train),
+  per-epoch `epoch_train_loss`.
   `method = 'dense'` cells are the dense references.
 - `tags.stage = 'irp'`: IRP chains (`role` source or reference; references carry `target.*` tags).
 - `tags.stage = 'scorer'` / `'allocator'`: what AutoS learned, from which `sources`.

@@ -1,20 +1,29 @@
-"""Shared fixtures: environment for local Ray/MLflow, a CLI runner, an in-process Ray session."""
+"""Shared fixtures: environment for local Ray/MLflow, a CLI runner, an in-process Ray session, a local S3
+endpoint, an MLflow tracking server, small file systems mounted for faults."""
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from autosparse.orchestration.runtime import set_local_defaults
 
+from helpers import free_port
+
 set_local_defaults()
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
 REPO = Path(__file__).resolve().parents[1]
+BUCKET = "autosparse-test"
 
 
 def run_cli(*args: str, timeout: float = 600, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -109,3 +118,88 @@ def smoke_workspace_copy(smoke_run, tmp_path):
     copy = tmp_path / "ws"
     shutil.copytree(workspace, copy, ignore=shutil.ignore_patterns("ray"))
     return copy
+
+
+@pytest.fixture(scope="module")
+def s3_env():
+    """A local S3 endpoint with one bucket; the AWS variables that point pyarrow (and boto3) at it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    yield env
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1 in its own process group, over a SQLite store that outlives restarts."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.port = folder, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> None:
+        command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                   "--workers", "1", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+                   "--artifacts-destination", str(self.folder / "artifacts")]
+        self.process = subprocess.Popen(command, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=2)
+                return
+            except OSError:
+                assert self.process.poll() is None, "mlflow server exited during start-up"
+                assert time.monotonic() < deadline, "mlflow server not healthy in time"
+                time.sleep(0.5)
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers: the server is lost, not shut down."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> Iterator[MlflowServer]:
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    yield server
+    if server.process.poll() is None:
+        server.kill()
+
+
+@contextmanager
+def mounted_tmpfs(folder: Path, size: int, read_only: bool = False) -> Iterator[Path]:
+    """A tmpfs of `size` bytes at `folder` (skips the test where this machine cannot mount one); a
+    `read_only` one holds what `folder` held before."""
+    folder.mkdir(parents=True, exist_ok=True)
+    staged = folder.with_name(folder.name + ".contents")
+    if read_only:
+        shutil.move(folder, staged)
+        folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+    try:
+        if read_only:
+            shutil.copytree(staged, folder, dirs_exist_ok=True)
+            subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)

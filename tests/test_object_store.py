@@ -1,7 +1,6 @@
 """Workspaces on an object store: a real S3 API (moto's server on 127.0.0.1) through pyarrow's S3 filesystem."""
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -13,34 +12,7 @@ import pytest
 from autosparse import UserError
 from autosparse.orchestration.store import MARKER, StageStore
 
-from conftest import REPO, kill_tree, run_cli
-from helpers import free_port
-
-BUCKET = "autosparse-test"
-
-
-@pytest.fixture(scope="module")
-def s3_env():
-    """A local S3 endpoint with one bucket; the AWS variables that point pyarrow (and boto3) at it."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    boto3.client("s3").create_bucket(Bucket=BUCKET)
-    yield env
-    server.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+from conftest import BUCKET, REPO, kill_tree, run_cli
 
 
 def remote_files(store: StageStore, relative: str) -> set[str]:

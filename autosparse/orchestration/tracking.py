@@ -136,7 +136,8 @@ class Tracker:
             self.experiment_id = found.experiment_id if found else self.client.create_experiment(
                 experiment, artifact_location=artifact_root)
         except Exception as error:  # every backend raises its own connection error type
-            raise TrackingUnavailableError(f"cannot use MLflow at {uri!r}: {str(error).splitlines()[0][:200]}") from None
+            full = storage_error(error, uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+            raise full or TrackingUnavailableError(f"cannot use MLflow at {uri!r}: {str(error).splitlines()[0][:200]}") from None
         if description:
             self.client.set_experiment_tag(self.experiment_id, "mlflow.note.content", description)
         existing = self._search(f"tags.`pipeline.hash` = '{pipeline_hash}' and tags.`autosparse.kind` = 'pipeline'")

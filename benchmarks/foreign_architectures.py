@@ -1,26 +1,27 @@
 """A fitted AutoS scorer and learned allocation (e.g. the quickstart's own) on architectures outside the
 model registry, on both embedded datasets: deeper and wider MLPs, a BatchNorm VGG-style net with
-max-pooling, a depthwise-separable residual net, and a token MLP with LayerNorm (all defined here, for 2-D
-digits and 1-D MNIST-1D inputs alike).
+max-pooling, a depthwise-separable residual net, a token MLP with LayerNorm and a six-layer conv net without
+normalization (all defined here, for 2-D digits and 1-D MNIST-1D inputs alike).
 
     make run                                    # the quickstart: fits the scorer and the allocation
     .venv/bin/python benchmarks/foreign_architectures.py --scorer autosparse-workspace/scorer/<hash>/scorer.safetensors \\
-        --allocator autosparse-workspace/allocator/<hash>/allocator.safetensors [--seeds 1,2] [--sparsity 0.98] \\
-        [--datasets digits,mnist1d] [--irp]
+        --allocator autosparse-workspace/allocator/<hash>/allocator.safetensors [--seeds 1,2,3] \\
+        [--sparsities 0.98,0.99] [--datasets digits,mnist1d] [--architectures deep_conv,...] \\
+        [--inits unit_fan_in,original] [--irp]
 
 Each network is pruned by the default AutoS method (the scorer in its own steps under the learned
-allocation), by SNIP, SynFlow and iterative SNIP, then trained with the dataset's default recipe
-(autosparse/recipes.py) at each seed, and compared with its dense reference. Two swaps tell the layer
-allocation from the ranking inside layers: the scorer under SynFlow's per-layer counts, and SynFlow under
-the learned allocation. With --irp, an IRP chain of the architecture (first seed, 28% per round, the same
-recipe) gives the accuracy of IRP's own mask at the nearest density. Writes
-benchmarks/results/foreign_architectures.md (or --out).
+allocation), by SNIP, SynFlow and iterative SNIP, then trained from each sparse init with the dataset's
+default recipe (autosparse/recipes.py) at each seed, exactly as a matrix cell (`run_cell`), beside its
+dense reference. Two swaps tell the layer allocation from the ranking inside layers: the scorer under
+SynFlow's per-layer counts, and SynFlow under the learned allocation. With --irp, an IRP chain of the
+architecture (first seed, 28% per round, the same recipe and the first init) gives the accuracy of IRP's
+own mask at the nearest density. Writes the report (tables with the signal at init of every cell that did
+not train, untrained counts per method, plots) and target.md (AutoS against the best control) to --out.
 """
 from __future__ import annotations
 
 import argparse
 import math
-import statistics
 from pathlib import Path
 
 import torch
@@ -28,11 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import autosparse
-from autosparse.config import IRPChainConfig, IRPConfig
+from accuracy import target_table
+from autosparse.config import DEFAULT_INIT, IRPChainConfig, IRPConfig, ModelOnData
+from autosparse.experiment import DENSE, CellSpec, run_cell
 from autosparse.io import atomic_write
 from autosparse.irp import run_irp
 from autosparse.recipes import train_config
-from autosparse.training import train
+from autosparse.report import CellRecord, irp_reference_records, write_report
+from autosparse.sparse_init import ORIGINAL
 
 
 def conv_layer(dims: int):
@@ -115,10 +119,26 @@ class TokenMLP(nn.Module):
         return self.head(h.flatten(1))
 
 
+class DeepConvNet(nn.Module):
+    """Six layers without normalization: five 3-wide convolutions (32 channels, ReLU) and a linear head over
+    the pooled features; the depth at which a sparse net's signal at init vanishes (DESIGN.md 1c)."""
+
+    def __init__(self, input_shape, num_classes):
+        super().__init__()
+        conv = conv_layer(len(input_shape) - 1)
+        channels = [input_shape[0], 32, 32, 32, 32, 32]
+        self.features = nn.Sequential(*[m for a, b in zip(channels, channels[1:])
+                                        for m in (conv(a, b, 3, padding=1), nn.ReLU())])
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(2).mean(2))
+
+
 ARCHITECTURES = {"deep_mlp": DeepMLP, "wide_shallow": WideShallow, "bn_convnet": BatchNormConvNet,
-                 "depthwise_residual": DepthwiseResidual, "token_mlp": TokenMLP}
-CONTROLS = ["snip", "synflow", "iter_snip"]
-SWAPS = ["autos@alloc:synflow", "synflow@alloc:learned"]
+                 "depthwise_residual": DepthwiseResidual, "token_mlp": TokenMLP, "deep_conv": DeepConvNet}
+AUTOS = "autos:given@alloc:learned"  # the given scorer in its own steps, under the given allocator
+METHODS = [AUTOS, "snip", "synflow", "iter_snip", "autos:given@alloc:synflow", "synflow@alloc:learned"]
 IRP_FRACTION = 0.28
 
 
@@ -127,75 +147,58 @@ def model_name(name: str) -> str:
     return f"{__name__}:{ARCHITECTURES[name].__name__}"
 
 
-def prune_with(method: str, model: nn.Module, sparsity: float, batch, seed: int, scorer, allocator):
-    """`method` is autos (under the learned allocation unless told), a criterion (global unless told), or
-    either with `@alloc:NAME` (`learned` is the quickstart's allocator)."""
-    criterion, _, allocation = method.partition("@alloc:")
-    allocation = allocation or ("learned" if criterion == "autos" else "global")
-    return autosparse.prune(model, sparsity, scorer if criterion == "autos" else criterion, batch,
-                            allocation=allocator if allocation == "learned" else allocation, seed=seed)
-
-
-def run(name: str, dataset, dataset_name: str, method: str, seed: int, sparsity: float, scorer, allocator) -> dict:
-    model = autosparse.build_model(model_name(name), dataset.input_shape, dataset.num_classes, seed)
-    mask = None
-    if method != "dense":
-        mask = prune_with(method, model, sparsity, dataset.sample_batch(256, seed), seed, scorer, allocator)
-        autosparse.apply_mask(model, mask)
-    accuracy = train(model, dataset, train_config(dataset_name, name), seed=seed).final_accuracy
-    return {"accuracy": 100 * accuracy, "collapsed": len(mask.collapsed_layers()) if mask is not None else 0}
-
-
-def irp_accuracy(name: str, dataset, dataset_name: str, seed: int, sparsity: float) -> tuple[float, float]:
-    """(density, test accuracy) of IRP's round nearest to `1 - sparsity` on this architecture."""
-    rounds = round(math.log(1 - sparsity) / math.log(1 - IRP_FRACTION))
+def irp_records(name: str, dataset, dataset_name: str, seed: int, sparsities: list[float], init: str) -> list:
+    """The accuracy of IRP's round nearest to each sparsity on this architecture, trained under `init`."""
+    rounds = math.ceil(math.log(1 - max(sparsities)) / math.log(1 - IRP_FRACTION))
     config = IRPChainConfig(model_name(name), dataset_name, seed,
-                            IRPConfig(rounds=rounds, prune_fraction=IRP_FRACTION), train_config(dataset_name, name))
-    last = run_irp(config, dataset).history[-1]
-    return last.density, 100 * last.test_accuracy
+                            IRPConfig(rounds=rounds, prune_fraction=IRP_FRACTION, init=init),
+                            train_config(dataset_name, name))
+    history = [vars(r) for r in run_irp(config, dataset).history]
+    return irp_reference_records(f"{name}/{dataset_name}", history, sparsities, seed)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scorer", required=True, help="a conditional scorer file (e.g. the quickstart's)")
     parser.add_argument("--allocator", required=True, help="an allocator file (e.g. the quickstart's)")
-    parser.add_argument("--seeds", default="1,2")
-    parser.add_argument("--sparsity", type=float, default=0.98)
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--sparsities", default="0.98,0.99")
     parser.add_argument("--datasets", default="digits,mnist1d")
+    parser.add_argument("--architectures", default=",".join(ARCHITECTURES))
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--inits", default=f"{DEFAULT_INIT},{ORIGINAL}",
+                        help="sparse inits, the protocol's first (the IRP column and the margins use each in turn)")
     parser.add_argument("--irp", action="store_true", help="also run an IRP chain per architecture (first seed)")
-    parser.add_argument("--out", default="benchmarks/results/foreign_architectures.md")
+    parser.add_argument("--out", default="benchmarks/results/foreign")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    scorer, allocator = autosparse.load_scorer(args.scorer), autosparse.load_allocator(args.allocator)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    methods = ["dense", "autos", *CONTROLS, *SWAPS]
-    irp_column = [f"IRP (seed {seeds[0]})"] if args.irp else []
-    lines = [f"Scorer `{Path(args.scorer).parent.name}` and allocator `{Path(args.allocator).parent.name}` at "
-             f"{args.sparsity:.0%} sparsity; test accuracy (%), mean ± std over seeds {args.seeds}; "
-             "(n collapsed) counts collapsed layers over the seeds.\n",
-             "| dataset | architecture | " + " | ".join(methods + irp_column) + " | AutoS - best control |",
-             "|---|---|" + "---|" * (len(methods) + len(irp_column) + 1)]
+    seeds, sparsities = [int(s) for s in args.seeds.split(",")], [float(s) for s in args.sparsities.split(",")]
+    inits = args.inits.split(",")
+    records = []
     for dataset_name in args.datasets.split(","):
         dataset = autosparse.load_dataset(dataset_name)
-        for name in ARCHITECTURES:
-            results = {m: [run(name, dataset, dataset_name, m, s, args.sparsity, scorer, allocator) for s in seeds]
-                       for m in methods}
-            means = {m: statistics.fmean(r["accuracy"] for r in rs) for m, rs in results.items()}
-            cells = []
-            for method, rows in results.items():
-                values = [r["accuracy"] for r in rows]
-                spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
-                collapsed = sum(r["collapsed"] for r in rows)
-                cells.append(f"{means[method]:.1f}{spread}" + (f" ({collapsed} collapsed)" if collapsed else ""))
+        for name in args.architectures.split(","):
+            target, train = ModelOnData(model_name(name), dataset_name), train_config(dataset_name, name)
+            specs = [CellSpec(target, DENSE, 0.0, seed, train) for seed in seeds]
+            specs += [CellSpec(target, method, sparsity, seed, train, init=init) for init in inits
+                      for method in args.methods.split(",") for sparsity in sparsities for seed in seeds]
+            for spec in specs:
+                record = CellRecord.of(spec, run_cell(spec, dataset, args.scorer, args.allocator))
+                record.target = f"{name}/{dataset_name}"
+                records.append(record)
+                print(f"{record.target:28s} {record.label:50s} {spec.sparsity:.2f} seed {spec.seed}: "
+                      f"{100 * record.accuracy:.1f}{'' if record.trained else ' (did not train)'}", flush=True)
             if args.irp:
-                density, accuracy = irp_accuracy(name, dataset, dataset_name, seeds[0], args.sparsity)
-                cells.append(f"{accuracy:.1f} (at {1 - density:.1%})")
-            margin = means["autos"] - max(means[c] for c in CONTROLS)
-            lines.append(f"| {dataset_name} | {name} | " + " | ".join(cells) + f" | {margin:+.1f} |")
-            print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    atomic_write(Path(args.out), lambda tmp: Path(tmp).write_text(text))
-    print(text)
+                records += irp_records(name, dataset, dataset_name, seeds[0], sparsities, inits[0])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    title = (f"Architectures outside the registry: scorer `{Path(args.scorer).parent.name}`, allocator "
+             f"`{Path(args.allocator).parent.name}`, seeds {args.seeds}")
+    table, _ = write_report(records, out, title)
+    header = f"{title}; sparse inits {', '.join(inits)} (the first is the protocol's).\n\n"
+    atomic_write(out / "target.md", lambda tmp: Path(tmp).write_text(header + target_table(records, sparsities)))
+    print(table)
+    print(header + target_table(records, sparsities))
 
 
 if __name__ == "__main__":

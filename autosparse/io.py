@@ -46,11 +46,8 @@ def storage_error(error: BaseException, path: str | os.PathLike) -> Optional[Sto
         return None
     code, text = getattr(error, "errno", None), str(error)
     found = re.search(r"\[errno (\d+)\]", text, re.IGNORECASE)
-    if code is None and found:
-        code = int(found.group(1))
-    for phrase, sqlite_code in SQLITE_PROBLEMS.items():
-        if code is None and phrase in text:
-            code = sqlite_code
+    if code is None:
+        code = int(found.group(1)) if found else next((c for phrase, c in SQLITE_PROBLEMS.items() if phrase in text), None)
     problem = STORAGE_PROBLEMS.get(code)
     return StorageError(f"cannot write {str(path)!r}: {problem}") if problem else None
 

@@ -79,6 +79,23 @@ def test_unreachable_ray_address_fails_fast(tmp_path: Path) -> None:
     assert not (tmp_path / "ws").exists()
 
 
+def test_the_ray_address_check_dials_what_ray_init_dials() -> None:
+    """A head listening on loopback only passes a connect to 127.0.0.1, but `ray.init` dials the network
+    address Ray rewrites it to: the check must fail there, in seconds, not after Ray's minutes of retries."""
+    import socket
+
+    from autosparse.orchestration.runtime import RayUnavailableError, check_ray_address, dialed_address
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        if dialed_address(address).startswith("127."):
+            pytest.skip("this machine has no network address for Ray to rewrite loopback to")
+        with pytest.raises(RayUnavailableError, match=f"cannot reach Ray at '{address}' \\(Ray dials "):
+            check_ray_address(address, timeout=2)
+
+
 def test_stage_records_keep_the_order_they_were_written_in(tmp_path: Path) -> None:
     """Per-layer results are read in the network's layer order (input to output), not alphabetically."""
     store = StageStore(tmp_path)

@@ -30,9 +30,11 @@ from torch import nn
 
 import autosparse
 from accuracy import target_table
+from autosparse.allocation import LEARNED
 from autosparse.config import DEFAULT_INIT, IRPChainConfig, IRPConfig, ModelOnData
 from autosparse.experiment import DENSE, CellSpec, run_cell
 from autosparse.io import atomic_write
+from autosparse.pruning import MethodSpec
 from autosparse.irp import run_irp
 from autosparse.recipes import train_config
 from autosparse.report import CellRecord, irp_reference_records, write_report
@@ -159,8 +161,8 @@ def irp_records(name: str, dataset, dataset_name: str, seed: int, sparsities: li
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scorer", required=True, help="a conditional scorer file (e.g. the quickstart's)")
-    parser.add_argument("--allocator", required=True, help="an allocator file (e.g. the quickstart's)")
+    parser.add_argument("--scorer", default=None, help="a conditional scorer file (e.g. the quickstart's), for autos")
+    parser.add_argument("--allocator", default=None, help="an allocator file (e.g. the quickstart's), for @alloc:learned")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--sparsities", default="0.98,0.99")
     parser.add_argument("--datasets", default="digits,mnist1d")
@@ -173,7 +175,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     seeds, sparsities = [int(s) for s in args.seeds.split(",")], [float(s) for s in args.sparsities.split(",")]
-    inits = args.inits.split(",")
+    inits, methods = args.inits.split(","), [MethodSpec.parse(m) for m in args.methods.split(",")]
+    if any(m.is_autos for m in methods) and not args.scorer:
+        parser.error("--scorer: an autos method needs a scorer file")
+    if any(m.allocation == LEARNED for m in methods) and not args.allocator:
+        parser.error("--allocator: an @alloc:learned method needs an allocator file")
     records = []
     for dataset_name in args.datasets.split(","):
         dataset = autosparse.load_dataset(dataset_name)
@@ -181,7 +187,7 @@ def main() -> None:
             target, train = ModelOnData(model_name(name), dataset_name), train_config(dataset_name, name)
             specs = [CellSpec(target, DENSE, 0.0, seed, train) for seed in seeds]
             specs += [CellSpec(target, method, sparsity, seed, train, init=init) for init in inits
-                      for method in args.methods.split(",") for sparsity in sparsities for seed in seeds]
+                      for method in map(MethodSpec.label, methods) for sparsity in sparsities for seed in seeds]
             for spec in specs:
                 record = CellRecord.of(spec, run_cell(spec, dataset, args.scorer, args.allocator))
                 record.target = f"{name}/{dataset_name}"
@@ -192,8 +198,8 @@ def main() -> None:
                 records += irp_records(name, dataset, dataset_name, seeds[0], sparsities, inits[0])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    title = (f"Architectures outside the registry: scorer `{Path(args.scorer).parent.name}`, allocator "
-             f"`{Path(args.allocator).parent.name}`, seeds {args.seeds}")
+    title = (f"Architectures outside the registry: scorer `{args.scorer and Path(args.scorer).parent.name}`, "
+             f"allocator `{args.allocator and Path(args.allocator).parent.name}`, seeds {args.seeds}")
     table, _ = write_report(records, out, title)
     header = f"{title}; sparse inits {', '.join(inits)} (the first is the protocol's).\n\n"
     atomic_write(out / "target.md", lambda tmp: Path(tmp).write_text(header + target_table(records, sparsities)))

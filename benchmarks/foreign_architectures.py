@@ -37,7 +37,7 @@ from autosparse.io import atomic_write
 from autosparse.pruning import MethodSpec
 from autosparse.irp import run_irp
 from autosparse.recipes import train_config
-from autosparse.report import CellRecord, irp_reference_records, write_report
+from autosparse.report import CellRecord, ReportContext, irp_reference_records, write_report
 from autosparse.sparse_init import ORIGINAL
 
 
@@ -180,11 +180,12 @@ def main() -> None:
         parser.error("--scorer: an autos method needs a scorer file")
     if any(m.allocation == LEARNED for m in methods) and not args.allocator:
         parser.error("--allocator: an @alloc:learned method needs an allocator file")
-    records = []
+    records, recipes = [], {}
     for dataset_name in args.datasets.split(","):
         dataset = autosparse.load_dataset(dataset_name)
         for name in args.architectures.split(","):
             target, train = ModelOnData(model_name(name), dataset_name), train_config(dataset_name, name)
+            recipes[f"{name}/{dataset_name}"] = train
             specs = [CellSpec(target, DENSE, 0.0, seed, train) for seed in seeds]
             specs += [CellSpec(target, method, sparsity, seed, train, init=init) for init in inits
                       for method in map(MethodSpec.label, methods) for sparsity in sparsities for seed in seeds]
@@ -200,7 +201,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     title = (f"Architectures outside the registry: scorer `{args.scorer and Path(args.scorer).parent.name}`, "
              f"allocator `{args.allocator and Path(args.allocator).parent.name}`, seeds {args.seeds}")
-    table, _ = write_report(records, out, title)
+    table, _ = write_report(records, out, title, ReportContext(recipes))
     header = f"{title}; sparse inits {', '.join(inits)} (the first is the protocol's).\n\n"
     atomic_write(out / "target.md", lambda tmp: Path(tmp).write_text(header + target_table(records, sparsities)))
     print(table)

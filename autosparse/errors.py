@@ -17,9 +17,12 @@ class UserError(Exception):
 def root_cause(error: BaseException) -> BaseException:
     """The innermost user error inside Ray's task and training wrappers (or the error itself)."""
     seen = set()
-    while not isinstance(error, UserError) and id(error) not in seen:
+    while id(error) not in seen:
         seen.add(id(error))
-        inner = getattr(error, "cause", None) or error.__cause__
+        cause = getattr(error, "cause", None)  # Ray's task error, also when it subclasses the error it wraps
+        if isinstance(error, UserError) and not isinstance(cause, BaseException):
+            break
+        inner = cause or error.__cause__
         worker_errors = getattr(error, "worker_failures", None) or getattr(error, "errors", None)
         if isinstance(worker_errors, dict) and worker_errors:
             inner = next(iter(worker_errors.values()))

@@ -182,3 +182,17 @@ def test_user_errors_inside_ray_wrappers_stay_user_errors():
     bug = TaskError("wrapper")
     bug.cause = KeyError("internal")
     assert not is_user_error(bug) and describe(bug) == "KeyError: 'internal'"
+
+
+def test_a_user_error_raised_in_a_ray_task_is_described_by_its_own_message():
+    """Ray re-raises a task's error as a class deriving from both RayTaskError and the error's own class,
+    whose message is Ray's traceback: the one line is the error's own message."""
+    from ray.exceptions import RayTaskError
+
+    from autosparse.errors import describe, is_user_error
+    from autosparse.io import StorageError
+
+    raised = RayTaskError("execute_job", "Traceback ...", StorageError("cannot write '/ws/cell/x': no space left on device"))
+    raised = raised.as_instanceof_cause()
+    assert isinstance(raised, StorageError) and is_user_error(raised)
+    assert describe(raised) == "cannot write '/ws/cell/x': no space left on device"

@@ -22,7 +22,8 @@ from helpers import free_port
 # Five cells the finished smoke workspace does not hold (seed 1), and no chain or scorer to run.
 NEW_CELLS = ["--set", "matrix.seeds=[1]", "--set", "matrix.irp_reference=false",
              "--set", "matrix.targets=[{model: mlp, dataset: digits}]",
-             "--set", "matrix.methods=[random, magnitude, snip, synflow]"]
+             "--set", "matrix.methods=[random, magnitude, snip, synflow]", "--set", "matrix.variants=[]",
+             "--set", "matrix.variant_methods=[snip]"]
 
 
 def new_cells(workspace: Path) -> list[str]:

@@ -28,6 +28,8 @@ CHANCE_FACTOR = 1.5  # test accuracy at or below this multiple of chance (1 / cl
 FLAG_COLLAPSED = "†"
 FLAG_UNTRAINED = "‡"
 MARGIN_TOLERANCE = 0.01  # AutoS within this much of the best control counts as level with it
+DISCONNECTED_NOTE = (" (logit std exactly 0: the output does not depend on the input, so no kept path joins "
+                     "them: the mask, not the init)")
 
 
 @dataclass
@@ -434,11 +436,12 @@ def flag_lists(records: list[CellRecord]) -> str:
                  "whose gradients vanish); gradient norm: of the loss at init. Means over the seeds named.\n\n")
         for target, label, sparsity in untrained:
             group = [r for r in records if (r.target, r.label, r.sparsity) == (target, label, sparsity)]
+            stuck = [r for r in group if r.did_not_train()]
             text += f"- {target} / {label} at {sparsity:.0%}: " + "; ".join(
                 f"{name} {len(part)} seed(s): logit std {_mean(r.logit_std for r in part):.1e}, "
                 f"gradient norm {_mean(r.grad_norm for r in part):.1e}"
-                for name, part in (("did not train in", [r for r in group if r.did_not_train()]),
-                                   ("trained in", [r for r in group if r.trained])) if part) + "\n"
+                for name, part in (("did not train in", stuck), ("trained in", [r for r in group if r.trained]))
+                if part) + (DISCONNECTED_NOTE if all(r.logit_std == 0 for r in stuck) else "") + "\n"
     return text
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -32,7 +34,7 @@ import autosparse
 from accuracy import target_table
 from autosparse.allocation import LEARNED
 from autosparse.config import DEFAULT_INIT, IRPChainConfig, IRPConfig, ModelOnData
-from autosparse.experiment import DENSE, CellSpec, run_cell
+from autosparse.experiment import DENSE, CellSpec, cell_mask, run_cell
 from autosparse.io import atomic_write
 from autosparse.pruning import MethodSpec
 from autosparse.irp import run_irp
@@ -159,6 +161,25 @@ def irp_records(name: str, dataset, dataset_name: str, seed: int, sparsities: li
     return irp_reference_records(f"{name}/{dataset_name}", history, sparsities, seed)
 
 
+def signal_table(specs: list[CellSpec], dataset, scorer, allocator) -> str:
+    """Without training: per method, sparsity and init, the signal at init (mean over seeds) and the share of
+    units left without input, from the very masks and initial weights the cells would train."""
+    rows = defaultdict(list)
+    for spec in specs:
+        model = autosparse.build_model(spec.target.model, dataset.input_shape, dataset.num_classes, spec.seed)
+        mask = cell_mask(spec, model, dataset, scorer, allocator)
+        autosparse.apply_mask(model, mask, spec.init)
+        signal = autosparse.signal_at_init(model, *dataset.sample_batch(spec.score_batch_size, spec.seed))
+        empty = sum(mask.empty_units().values()) / sum(kept.shape[0] for kept in mask.values())
+        rows[(spec.label, spec.sparsity)].append((signal.logit_std, signal.grad_norm, empty))
+    lines = ["| method | sparsity | logit std at init | gradient norm at init | units without input |",
+             "|---|---|---|---|---|"]
+    for (label, sparsity), values in rows.items():
+        means = [statistics.fmean(column) for column in zip(*values)]
+        lines.append(f"| {label} | {sparsity:.0%} | {means[0]:.2g} | {means[1]:.2g} | {100 * means[2]:.0f}% |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scorer", default=None, help="a conditional scorer file (e.g. the quickstart's), for autos")
@@ -171,6 +192,8 @@ def main() -> None:
     parser.add_argument("--inits", default=f"{DEFAULT_INIT},{ORIGINAL}",
                         help="sparse inits, the protocol's first (the IRP column and the margins use each in turn)")
     parser.add_argument("--irp", action="store_true", help="also run an IRP chain per architecture (first seed)")
+    parser.add_argument("--signal-only", action="store_true",
+                        help="no training: the signal at init of every cell's mask and init (writes signal.md)")
     parser.add_argument("--out", default="benchmarks/results/foreign")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -180,7 +203,7 @@ def main() -> None:
         parser.error("--scorer: an autos method needs a scorer file")
     if any(m.allocation == LEARNED for m in methods) and not args.allocator:
         parser.error("--allocator: an @alloc:learned method needs an allocator file")
-    records, recipes = [], {}
+    records, recipes, signals = [], {}, []
     for dataset_name in args.datasets.split(","):
         dataset = autosparse.load_dataset(dataset_name)
         for name in args.architectures.split(","):
@@ -189,6 +212,12 @@ def main() -> None:
             specs = [CellSpec(target, DENSE, 0.0, seed, train) for seed in seeds]
             specs += [CellSpec(target, method, sparsity, seed, train, init=init) for init in inits
                       for method in map(MethodSpec.label, methods) for sparsity in sparsities for seed in seeds]
+            if args.signal_only:
+                text = f"### {name}/{dataset_name}, seeds {args.seeds}\n\n" + signal_table(
+                    specs[len(seeds):], dataset, args.scorer, args.allocator)
+                signals.append(text)
+                print(text, flush=True)
+                continue
             for spec in specs:
                 record = CellRecord.of(spec, run_cell(spec, dataset, args.scorer, args.allocator))
                 record.target = f"{name}/{dataset_name}"
@@ -199,6 +228,9 @@ def main() -> None:
                 records += irp_records(name, dataset, dataset_name, seeds[0], sparsities, inits[0])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.signal_only:
+        atomic_write(out / "signal.md", lambda tmp: Path(tmp).write_text("\n".join(signals)))
+        return
     title = (f"Architectures outside the registry: scorer `{args.scorer and Path(args.scorer).parent.name}`, "
              f"allocator `{args.allocator and Path(args.allocator).parent.name}`, seeds {args.seeds}")
     table, _ = write_report(records, out, title, ReportContext(recipes))

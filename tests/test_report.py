@@ -128,3 +128,13 @@ def test_controls_under_another_init_never_set_the_margin():
                record(label="synflow init:original", init="original", accuracy=0.99)]
     (margin,) = [m for m in margins(summarize(records), records) if m.label == "autos:c"]
     assert margin.best.label == "synflow" and margin.over_best == pytest.approx(0.05)
+
+
+def test_an_output_that_ignores_the_input_is_named_a_mask_failure(tmp_path):
+    records = [untrained("iter_snip", 0), untrained("iter_snip", 1), untrained("snip", 0)]
+    for r in records[:2]:
+        r.logit_std = 0.0  # no kept path from input to output: exactly constant logits
+    write_report(records, tmp_path, "t")
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    assert any(line.startswith("- mlp/digits / iter_snip at 90%") and "the mask, not the init" in line for line in lines)
+    assert any(line.startswith("- mlp/digits / snip at 90%") and "the mask" not in line for line in lines)

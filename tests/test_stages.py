@@ -310,3 +310,15 @@ def test_line_progress_reports_each_finished_tenth_once():
     for _ in range(3):
         progress.update()
     assert few == ["cells: 1/3 finished", "cells: 2/3 finished", "cells: 3/3 finished"]
+
+
+def test_chains_are_ordered_by_their_estimated_compute() -> None:
+    """Multiply-accumulates, not parameters: a conv weight works at every output position."""
+    from autosparse.config import load_config
+    from autosparse.orchestration.irp_stage import chain_cost, forward_macs, reference_chains, source_chains
+
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.Flatten(), nn.Linear(8, 3))
+    assert forward_macs(conv, (1, 4, 4)) == 2 * 2 * 2 * 9 + 8 * 3
+    config = load_config("quickstart")
+    chains = sorted(source_chains(config) + reference_chains(config), key=lambda job: chain_cost(job.config, config.data))
+    assert [job.label for job in chains][:2] == ["mlp/digits/seed0", "mlp/mnist1d/seed0"]  # 66 s and 142 s of rounds

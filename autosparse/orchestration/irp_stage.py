@@ -177,15 +177,33 @@ def fit_chain(job: Job, data: DataConfig, store: StageStore, max_failures: int =
     return result.metrics
 
 
+def forward_macs(model: torch.nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one example's forward pass through the model's conv and linear layers (a
+    conv weight is used at every output position, so parameters alone undercount conv nets)."""
+    total = 0
+
+    def count(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        total += output.numel() * module.weight[0].numel()
+
+    layers = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, layers)]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, *input_shape))
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
 def chain_cost(chain: IRPChainConfig, data: DataConfig) -> float:
-    """A chain's compute, estimated from its recipe: trainings x epochs x training examples x parameters
-    (0 when its dataset is not on this machine)."""
+    """A chain's compute, estimated from its recipe: trainings x epochs x training examples x forward
+    multiply-accumulates per example (0 when its dataset is not on this machine)."""
     try:
         dataset = load_dataset(chain.dataset, data.data_root, download=False)
     except UserError:
         return 0.0
     model = build_model(chain.model, dataset.input_shape, dataset.num_classes, chain.seed)
-    return (chain.irp.rounds + 1) * chain.train.epochs * len(dataset.train) * sum(p.numel() for p in model.parameters())
+    return (chain.irp.rounds + 1) * chain.train.epochs * len(dataset.train) * forward_macs(model, dataset.input_shape)
 
 
 def survival_path(store: StageStore, digest: str) -> Path:

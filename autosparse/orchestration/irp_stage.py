@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -28,6 +28,7 @@ from .store import StageStore
 from .tracking import params_of
 
 STATE_FILE = "irp_state.pt"
+CLUSTER_POLL_SECONDS = 2.0  # how often the IRP stage re-reads the cluster's CPUs for chains still waiting
 CHAIN_TAG = "chain"  # when (start and end of its training run) and where a chain trained, for its feature task
 SURVIVAL_FILE = "survival.parquet"
 ARTIFACT_LIMIT = 50 * 2**20
@@ -232,14 +233,21 @@ class IRPStage(Stage):
         return merge_jobs(source_chains(config) + reference_chains(config))
 
     def run(self, jobs: list[Job], runner: Runner) -> None:
-        """Submit every chain at once, the longest first (one Ray Train run each): Ray starts each chain's
-        workers as soon as resources for them exist, and an autoscaler adds nodes for those waiting. Each
-        chain's survival dataset is written in a Ray task as soon as the chain is done."""
+        """Start the chains longest first (one Ray Train run each), as many at a time as the cluster's CPUs
+        hold, re-read whenever a chain finishes and every few seconds, so parallelism follows nodes as they
+        join. While no node can take a chain yet (an autoscaling cluster at zero), every chain is submitted,
+        so that the autoscaler sees the whole demand. Each chain's survival dataset is written in a Ray task
+        as soon as the chain is done."""
         runner.ensure_ray()
         import ray
 
         jobs = sorted(jobs, key=lambda job: chain_cost(job.config, runner.data), reverse=True)
         runner.echo(f"IRP: {len(jobs)} chain(s) to run, the longest first, as many at a time as the cluster holds")
+        per_chain = max(job.config.irp.num_workers * job.config.irp.cpus_per_worker for job in jobs)
+
+        def slots() -> int:
+            fit = int(ray.cluster_resources().get("CPU", 0) // per_chain)
+            return fit if fit > 0 else len(jobs)
         gpu = {"num_gpus": 1} if any(job.config.irp.use_gpu for job in jobs) else {}
         task = ray.remote(execute_job).options(num_cpus=1, max_retries=2, **gpu)
 
@@ -250,9 +258,14 @@ class IRPStage(Stage):
                 data["tags"][CHAIN_TAG] = {key: metrics[key] for key in ("started", "finished", "node")}
             ray.get(task.remote(data, runner.store.location, to_dict(runner.data)))
 
+        pending, running = list(jobs), set()
         with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-            for future in as_completed([pool.submit(run_chain, job) for job in jobs]):
-                future.result()
+            while pending or running:
+                while pending and len(running) < slots():
+                    running.add(pool.submit(run_chain, pending.pop(0)))
+                done, running = wait(running, timeout=CLUSTER_POLL_SECONDS, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()
 
     def execute(self, job: Job, folder: Path, store: StageStore, data: DataConfig) -> dict:
         """Per-round features of the finished chain, written as its survival dataset."""

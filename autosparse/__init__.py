@@ -6,10 +6,10 @@ The core (this namespace) is pure PyTorch:
     mask = autosparse.prune(model, 0.98, "snip", (x, y), steps=20, allocation="synflow")
     autosparse.apply_mask(model, mask, init="unit_fan_in")  # kept weights rescaled to each unit's dense norm
 """
-from .allocation import SHAPE_ALLOCATIONS, top_k_within_layers
 from .criteria import CRITERIA
 from .data import DATASETS, load_dataset
 from .errors import UserError
+from .layer_allocation import SHAPE_ALLOCATIONS, top_k_within_layers
 from .masks import Mask, apply_mask, prunable_parameters
 from .models import MODELS, build_model
 from .pruning import MethodSpec, prune, score
@@ -27,7 +27,7 @@ def load_scorer(path):
 
 def load_allocator(path):
     """Load a saved learned allocation; usable as `allocation=` in `prune`."""
-    from .allocator import load_allocator as load
+    from .learned_allocation import load_allocator as load
 
     return load(path)
 

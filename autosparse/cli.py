@@ -148,9 +148,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     import torch
 
     from . import apply_mask, build_model, load_dataset, prune
-    from .io import atomic_write
     from .pruning import MethodSpec
     from .sparse_init import signal_at_init
+    from .storage import atomic_write
 
     dataset = load_dataset(args.dataset, args.data_root, args.download)
     model = build_model(args.model, dataset.input_shape, dataset.num_classes, args.seed)

@@ -8,11 +8,11 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .allocation import SHAPE_ALLOCATIONS, global_counts, keep_count, top_k_within_layers
 from .config import IRPChainConfig
 from .criteria import CRITERIA, ScoringContext
 from .data import Dataset
 from .errors import UserError
+from .layer_allocation import SHAPE_ALLOCATIONS, global_counts, keep_count, top_k_within_layers
 from .masks import Mask, apply_mask, masked_copy
 from .models import build_model
 from .pruning import exclude_pruned

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from .errors import UserError
-from .io import atomic_write
 from .sparse_init import ORIGINAL, SPARSE_INITS, kept_weight_factors
+from .storage import atomic_write
 
 PRUNABLE_HOOK = "prunable_parameter_names"
 

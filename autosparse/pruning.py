@@ -24,10 +24,10 @@ from typing import Callable, Optional, Union
 import torch
 from torch import nn
 
-from .allocation import (GLOBAL, LEARNED, SHAPE_ALLOCATIONS, Counts, DensityError, check_density, counts_of,
-                         global_counts, keep_count, step_counts, top_k_within_layers)
 from .criteria import CRITERIA, Scores, ScoringContext, as_batches
 from .errors import UserError
+from .layer_allocation import (GLOBAL, LEARNED, SHAPE_ALLOCATIONS, Counts, DensityError, check_density, counts_of,
+                               global_counts, keep_count, step_counts, top_k_within_layers)
 from .masks import Mask, prunable_parameters, zero_pruned
 from .registry import UnknownNameError
 
@@ -151,7 +151,7 @@ def fixed_counts(allocation: Allocation, net: nn.Module, density: float, batches
         mask = prune(net, 1 - density, name, batches, seed=seed, input_shape=input_shape)
         return counts_of(mask)
     if Path(name).suffix or Path(name).exists():
-        from .allocator import load_allocator
+        from .learned_allocation import load_allocator
 
         return load_allocator(name)(shapes, density)
     if name == LEARNED:

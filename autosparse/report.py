@@ -14,11 +14,11 @@ from typing import Optional
 
 from .config import DEFAULT_INIT, TrainConfig
 from .errors import UserError
-from .experiment import DENSE, CellSpec
-from .io import atomic_write, write_json
+from .matrix_cell import DENSE, CellSpec
 from .pruning import AUTOS
 from .recipes import anchors
 from .sparse_init import ORIGINAL
+from .storage import atomic_write, write_json
 
 IRP_LABEL = "irp (reference)"
 RECORDS_FILE = "records.json"

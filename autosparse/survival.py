@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .errors import UserError
-from .io import atomic_write, read_header
+from .storage import atomic_write, read_header
 
 FORMAT = "autosparse.survival"
 FORMAT_VERSION = 2

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from autosparse.config import load_config
-from autosparse.io import atomic_write
 from autosparse.orchestration.pipeline import Pipeline
 from autosparse.report import MARGIN_TOLERANCE, RECORDS_FILE, CellRecord, margins, summarize
+from autosparse.storage import atomic_write
 
 TARGET_SPARSITIES = (0.98, 0.99)
 REQUIRED_CONTROLS = ("snip", "synflow", "iter_snip")  # must leave no cell untrained at the target sparsities

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from autosparse.allocator import CONTEXT, Allocator, density_error, examples
 from autosparse.config import load_config
-from autosparse.io import atomic_write
+from autosparse.learned_allocation import CONTEXT, Allocator, density_error, examples
 from autosparse.orchestration.irp_stage import source_chains, survival_path
 from autosparse.orchestration.store import StageStore
 from autosparse.scorer.networks import MLPScorer
+from autosparse.storage import atomic_write
 from autosparse.survival import read_survival
 
 INTERACTIONS = [i for i, name in enumerate(CONTEXT) if "*" in name]

@@ -21,10 +21,10 @@ from autosparse import build_model
 from autosparse.config import ModelOnData
 from autosparse.connectivity import effective_mask
 from autosparse.data import load_dataset
-from autosparse.experiment import CellSpec, cell_mask
-from autosparse.io import atomic_write
+from autosparse.matrix_cell import CellSpec, cell_mask
 from autosparse.pruning import MethodSpec
 from autosparse.recipes import train_config
+from autosparse.storage import atomic_write
 from validate_designs import fitted, leave_one_out_arguments, source_survival
 
 DESIGNS = ["synflow", "iter_snip", "snip/iter20@alloc:learned", "autos:narrow/iter20@alloc:learned",

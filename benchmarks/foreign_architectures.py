@@ -32,15 +32,15 @@ from torch import nn
 
 import autosparse
 from accuracy import target_table
-from autosparse.allocation import LEARNED
 from autosparse.config import DEFAULT_INIT, IRPChainConfig, IRPConfig, ModelOnData
-from autosparse.experiment import DENSE, CellSpec, cell_mask, run_cell
-from autosparse.io import atomic_write
-from autosparse.pruning import MethodSpec
 from autosparse.irp import run_irp
+from autosparse.layer_allocation import LEARNED
+from autosparse.matrix_cell import DENSE, CellSpec, cell_mask, run_cell
+from autosparse.pruning import MethodSpec
 from autosparse.recipes import train_config
 from autosparse.report import CellRecord, ReportContext, irp_reference_records, write_report
 from autosparse.sparse_init import ORIGINAL
+from autosparse.storage import atomic_write
 
 
 def conv_layer(dims: int):

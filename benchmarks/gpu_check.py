@@ -27,9 +27,9 @@ from autosparse import apply_mask, build_model, prune, prunable_parameters
 from autosparse.config import DataConfig, IRPChainConfig, IRPConfig, ModelOnData, TrainConfig
 from autosparse.data import Dataset, Split
 from autosparse.data.vision import _TORCHVISION
-from autosparse.experiment import CellSpec
-from autosparse.io import atomic_write
+from autosparse.matrix_cell import CellSpec
 from autosparse.schema import to_dict
+from autosparse.storage import atomic_write
 from autosparse.training import train
 from speed import inference_rows, markdown_table, speedup_row
 

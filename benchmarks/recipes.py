@@ -18,8 +18,8 @@ import torch
 
 from autosparse import apply_mask, build_model, load_dataset, prune
 from autosparse.config import TrainConfig
-from autosparse.io import atomic_write
 from autosparse.recipes import anchors, train_config
+from autosparse.storage import atomic_write
 from autosparse.training import train
 
 PAIRS = [("digits", "mlp"), ("digits", "conv"), ("digits", "resnet20"), ("mnist1d", "mlp"), ("mnist1d", "conv1d")]

@@ -22,16 +22,16 @@ from pathlib import Path
 import torch
 
 from autosparse import build_model, prune
-from autosparse.allocation import SHAPE_ALLOCATIONS
 from autosparse.config import (CONDITIONAL_FEATURES, CONDITIONAL_STEP_BATCH, CONDITIONAL_STEPS,
                                TRANSFERABLE_FEATURES)
 from autosparse.criteria import ScoringContext
 from autosparse.features import compute_features
-from autosparse.io import atomic_write
+from autosparse.layer_allocation import SHAPE_ALLOCATIONS
 from autosparse.masks import prunable_parameters
 from autosparse.scorer.artifact import Scorer
 from autosparse.scorer.fit import Normalization, predict
 from autosparse.scorer.networks import SCORER_NETWORKS
+from autosparse.storage import atomic_write
 
 PAPER_BATCH = 8192
 SPARSITY = 0.98
@@ -166,7 +166,7 @@ def ray_rows(repeats: int) -> list[dict]:
     from autosparse.config import (DataConfig, IRPChainConfig, IRPConfig, ModelOnData, PipelineConfig,
                                    TrainConfig)
     from autosparse.data import load_dataset
-    from autosparse.experiment import CellSpec
+    from autosparse.matrix_cell import CellSpec
     from autosparse.irp import run_irp
     from autosparse.orchestration.cell_stage import CellStage, cell_job
     from autosparse.orchestration.irp_stage import chain_job, fit_chain

@@ -24,9 +24,9 @@ import torch
 from autosparse import Mask, apply_mask, build_model
 from autosparse.config import ModelOnData, load_config
 from autosparse.data import load_dataset
-from autosparse.experiment import DENSE, CellSpec
-from autosparse.io import atomic_write
+from autosparse.matrix_cell import DENSE, CellSpec
 from autosparse.orchestration.cell_stage import target_cells
+from autosparse.storage import atomic_write
 from autosparse.training import train
 
 

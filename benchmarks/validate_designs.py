@@ -21,18 +21,18 @@ from pathlib import Path
 
 import torch
 
-from autosparse.allocator import fit_allocator
 from autosparse.config import (TRANSFERABLE_FEATURES, AllocatorConfig, ModelOnData, ScorerConfig, load_config)
 from autosparse.data import load_dataset
-from autosparse.experiment import CellSpec, run_cell
-from autosparse.report import CellRecord
-from autosparse.sparse_init import ORIGINAL, SPARSE_INITS
-from autosparse.io import atomic_write
+from autosparse.learned_allocation import fit_allocator
+from autosparse.matrix_cell import CellSpec, run_cell
 from autosparse.orchestration.irp_stage import source_chains, survival_path
 from autosparse.orchestration.store import StageStore
 from autosparse.pruning import MethodSpec
 from autosparse.recipes import train_config
+from autosparse.report import CellRecord
 from autosparse.scorer import fit_scorer, scorer_from_fit
+from autosparse.sparse_init import ORIGINAL, SPARSE_INITS
+from autosparse.storage import atomic_write
 from autosparse.survival import read_survival
 
 # `wide` reads the default conditional features (config.CONDITIONAL_FEATURES); `narrow` its five within-layer

@@ -190,7 +190,7 @@ def test_a_user_error_raised_in_a_ray_task_is_described_by_its_own_message():
     from ray.exceptions import RayTaskError
 
     from autosparse.errors import describe, is_user_error
-    from autosparse.io import StorageError
+    from autosparse.storage import StorageError
 
     raised = RayTaskError("execute_job", "Traceback ...", StorageError("cannot write '/ws/cell/x': no space left on device"))
     raised = raised.as_instanceof_cause()

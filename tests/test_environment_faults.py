@@ -13,8 +13,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from autosparse import Mask, build_model
-from autosparse.io import StorageError
 from autosparse.orchestration.store import MARKER, StageStore, WorkspaceError
+from autosparse.storage import StorageError
 
 from conftest import BUCKET, REPO, finished_cells, mounted_tmpfs, run_cli
 from helpers import free_port

@@ -11,7 +11,7 @@ from torch import nn
 
 import autosparse
 from autosparse import UserError
-from autosparse.allocation import counts_of, global_counts, keep_count, step_counts, top_k_within_layers
+from autosparse.layer_allocation import counts_of, global_counts, keep_count, step_counts, top_k_within_layers
 from autosparse.pruning import MethodSpec, step_batches, step_densities
 
 

@@ -9,8 +9,8 @@ from torch import nn
 
 import autosparse
 from autosparse import MODELS, Mask, UserError, apply_mask, build_model, load_dataset, prunable_parameters
-from autosparse.allocation import global_counts, top_k_within_layers
 from autosparse.config import TrainConfig
+from autosparse.layer_allocation import global_counts, top_k_within_layers
 from autosparse.registry import UnknownNameError
 from autosparse.sanity import reinit_seed, shuffle_mask
 from autosparse.training import NonFiniteLossError, evaluate, train

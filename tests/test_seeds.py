@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from autosparse.config import ModelOnData, ScorerConfig, TrainConfig
-from autosparse.experiment import CellSpec, cell_mask, run_cell
 from autosparse.features import FEATURES
+from autosparse.matrix_cell import CellSpec, cell_mask, run_cell
 from autosparse.models import build_model
 from autosparse.scorer.artifact import Scorer
 from autosparse.scorer.fit import Normalization

@@ -12,7 +12,7 @@ from torch import nn
 from autosparse import Mask, apply_mask, build_model, prunable_parameters, prune
 from autosparse.config import MatrixConfig, ModelOnData, TrainConfig
 from autosparse.data import load_dataset
-from autosparse.experiment import CellSpec, run_cell
+from autosparse.matrix_cell import CellSpec, run_cell
 from autosparse.registry import UnknownNameError
 from autosparse.schema import ConfigError
 from autosparse.sparse_init import SPARSE_INITS, signal_at_init

@@ -22,9 +22,10 @@ from autosparse.orchestration.cell_stage import target_cells
 from autosparse.orchestration.irp_stage import reference_chains, source_chains
 from autosparse.orchestration.pipeline import Pipeline
 from autosparse.orchestration.runtime import RunOptions
-from autosparse.orchestration.stage import (STAGES, Job, LineProgress, Runner, Stage, TrackedRun, execute_job,
+from autosparse.orchestration.stage import (STAGES, Job, LineProgress, Runner, Stage, execute_job,
                                             ordered_stages, register_stage, stage_hash)
 from autosparse.orchestration.store import MARKER, StageStore
+from autosparse.orchestration.tracking import TrackedRun
 from autosparse.schema import to_dict
 
 # ---------------------------------------------------------------- a stage added through the registry

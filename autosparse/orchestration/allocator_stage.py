@@ -5,16 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from ..allocation import LEARNED
-from ..allocator import fit_allocator
 from ..config import AllocatorConfig, DataConfig, ModelOnData, PipelineConfig
+from ..layer_allocation import LEARNED
+from ..learned_allocation import fit_allocator
 from ..pruning import MethodSpec
 from ..survival import read_survival
 from .irp_stage import chains_for, survival_path
 from .scorer_stage import learned_from
-from .stage import Job, Stage, TrackedRun, register_stage
+from .stage import Job, Stage, register_stage
 from .store import StageStore
-from .tracking import params_of
+from .tracking import TrackedRun, params_of
 
 ALLOCATOR_FILE = "allocator.safetensors"
 

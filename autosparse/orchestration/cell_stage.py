@@ -9,21 +9,21 @@ from typing import Mapping, Optional
 
 import torch
 
-from ..allocation import LEARNED
 from ..config import DataConfig, ModelOnData, PipelineConfig
 from ..criteria import CRITERIA
 from ..data import load_dataset
-from ..experiment import DENSE, CellSpec, run_cell
+from ..layer_allocation import LEARNED
 from ..masks import Mask, broadcast_mask
+from ..matrix_cell import DENSE, CellSpec, run_cell
 from ..pruning import AUTOS, MethodSpec
 from ..recipes import train_config
 from ..schema import from_dict, to_dict
 from ..training import Shard
 from .allocator_stage import ALLOCATOR_FILE, allocator_for
 from .scorer_stage import SCORER_FILE, scorer_for
-from .stage import Job, Runner, Stage, TrackedRun, execute_job, gather, progress_bar, register_stage
+from .stage import Job, Runner, Stage, execute_job, gather, progress_bar, register_stage
 from .store import StageStore
-from .tracking import params_of
+from .tracking import TrackedRun, params_of
 
 RESULT_FILE = "result.json"
 MASK_FILE = "mask.pt"

@@ -23,9 +23,9 @@ from ..recipes import train_config
 from ..schema import ConfigError, from_dict, to_dict
 from ..survival import write_survival
 from ..training import Shard
-from .stage import STAGES, Job, Runner, Stage, TrackedRun, execute_job, node_id, register_stage
+from .stage import STAGES, Job, Runner, Stage, execute_job, node_id, register_stage
 from .store import StageStore
-from .tracking import params_of
+from .tracking import TrackedRun, params_of
 
 STATE_FILE = "irp_state.pt"
 CLUSTER_POLL_SECONDS = 2.0  # how often the IRP stage re-reads the cluster's CPUs for chains still waiting

@@ -6,14 +6,15 @@ from pathlib import Path
 from typing import Mapping
 
 from ..config import DataConfig, PipelineConfig
-from ..experiment import CellSpec
 from ..masks import Mask
+from ..matrix_cell import CellSpec
 from ..report import CellRecord, ReportContext, irp_reference_records, summary_metrics, write_report
 from ..schema import from_dict, to_dict
 from .cell_stage import MASK_FILE
 from .irp_stage import reference_chains
-from .stage import Job, Runner, Stage, TrackedRun, execute_job, register_stage
+from .stage import Job, Runner, Stage, execute_job, register_stage
 from .store import StageStore
+from .tracking import TrackedRun
 
 
 @dataclass

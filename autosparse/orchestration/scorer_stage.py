@@ -17,9 +17,9 @@ from ..scorer import fit_scorer, scorer_from_fit
 from ..scorer.fit import FIT_VERSION
 from ..survival import read_survival
 from .irp_stage import chains_for, source_chains, survival_path
-from .stage import Job, Stage, TrackedRun, register_stage
+from .stage import Job, Stage, register_stage
 from .store import StageStore
-from .tracking import params_of
+from .tracking import TrackedRun, params_of
 
 SCORER_FILE = "scorer.safetensors"
 HISTORY_FILE = "history.json"

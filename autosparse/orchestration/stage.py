@@ -13,15 +13,13 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Optional
+from typing import Any, Callable, ClassVar, Mapping, Optional
 
 from ..config import DataConfig, PipelineConfig
 from ..registry import Registry
 from ..schema import content_hash, from_dict, non_default, to_dict
 from .store import StageStore
-
-if TYPE_CHECKING:
-    from .tracking import Tracker
+from .tracking import TrackedRun, Tracker
 
 
 def stage_hash(kind: str, config: Any, inputs: tuple[str, ...] = (), extras: Optional[Mapping] = None) -> str:
@@ -55,21 +53,6 @@ class Job:
 
 
 @dataclass
-class TrackedRun:
-    """What MLflow shows for a finished job (one child run of the pipeline's parent run)."""
-
-    name: str
-    tags: dict[str, Any]
-    params: dict[str, str]
-    metrics: dict[str, float] = field(default_factory=dict)
-    curves: dict[str, list[float]] = field(default_factory=dict)
-    artifacts: list[Path] = field(default_factory=list)
-    texts: dict[str, str] = field(default_factory=dict)
-    start_ms: Optional[int] = None
-    end_ms: Optional[int] = None
-
-
-@dataclass
 class Runner:
     """What a stage needs to run its pending jobs: the store, data settings, Ray and output."""
 
@@ -79,7 +62,7 @@ class Runner:
     ensure_ray: Callable[[], None]
     echo: Callable[[str], None] = print
     progress: bool = True
-    tracker: Optional["Tracker"] = None
+    tracker: Optional[Tracker] = None
 
 
 class Stage:

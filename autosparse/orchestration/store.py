@@ -19,7 +19,7 @@ from typing import Iterator, Optional
 import pyarrow.fs as pafs
 
 from ..errors import UserError
-from ..io import storage_error
+from ..storage import storage_error
 
 MARKER = "stage.json"
 CACHE_ENV = "AUTOSPARSE_CACHE"

@@ -5,21 +5,34 @@ import functools
 import os
 import socket
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 from urllib.parse import urlsplit
 
 from ..errors import UserError
-from ..io import storage_error
 from ..schema import flatten
-
-if TYPE_CHECKING:
-    from .stage import TrackedRun
+from ..storage import storage_error
 
 ARTIFACTS_FOLDER = "mlflow-artifacts"
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 PARAM_LIMIT = 6000
+
+
+@dataclass
+class TrackedRun:
+    """What MLflow shows for a finished job (one child run of the pipeline's parent run)."""
+
+    name: str
+    tags: dict[str, Any]
+    params: dict[str, str]
+    metrics: dict[str, float] = field(default_factory=dict)
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    artifacts: list[Path] = field(default_factory=list)
+    texts: dict[str, str] = field(default_factory=dict)
+    start_ms: Optional[int] = None
+    end_ms: Optional[int] = None
 
 
 class TrackingUnavailableError(UserError):
@@ -178,7 +191,7 @@ class Tracker:
         return digest in self._logged
 
     @guarded
-    def log_stage(self, digest: str, tracked: "TrackedRun") -> str:
+    def log_stage(self, digest: str, tracked: TrackedRun) -> str:
         """A finished child run: tags, params, metrics, per-step curves (batched), artifacts, real times."""
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -201,7 +214,7 @@ class Tracker:
         return self._logged.get(digest)
 
     @guarded
-    def log_parent(self, tracked: "TrackedRun") -> None:
+    def log_parent(self, tracked: TrackedRun) -> None:
         """Artifacts and metrics of the pipeline's parent run (a summary logged again replaces the last)."""
         for path in tracked.artifacts:
             self.client.log_artifact(self.parent_id, str(path))

@@ -14,14 +14,14 @@ import torch
 import yaml
 
 from ..config import PipelineConfig, TuneSpace
-from ..io import atomic_write
 from ..schema import ConfigError, content_hash, from_dict, non_default, to_dict
+from ..storage import atomic_write
 from ..survival import read_survival
 from .irp_stage import ensure_chains, reference_chains, source_chains, survival_path
 from .runtime import RunOptions, init_ray
-from .stage import Runner, TrackedRun
+from .stage import Runner
 from .store import StageStore
-from .tracking import ARTIFACTS_FOLDER, Tracker, default_tracking_uri, params_of
+from .tracking import ARTIFACTS_FOLDER, TrackedRun, Tracker, default_tracking_uri, params_of
 
 BEST_CONFIG_FILE = "best_scorer.yaml"
 BEST_SCORER_FILE = "best_scorer.safetensors"
@@ -76,7 +76,7 @@ def downstream_accuracy(result, scorer_config, space: TuneSpace, downstream: dic
     """Prune the base config's first target with the fitted scorer and train it briefly."""
     from ..config import ModelOnData, TrainConfig
     from ..data import load_dataset
-    from ..experiment import CellSpec, run_cell
+    from ..matrix_cell import CellSpec, run_cell
     from ..pruning import MethodSpec
     from ..scorer import scorer_from_fit
 

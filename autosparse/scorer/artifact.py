@@ -13,8 +13,8 @@ from ..config import ScorerConfig
 from ..criteria import ScoringContext, Scores
 from ..errors import UserError
 from ..features import FEATURES, compute_features
-from ..io import load_network_file, save_network_file
 from ..masks import prunable_parameters
+from ..storage import load_network_file, save_network_file
 from .fit import FitResult, Normalization, predict
 from .networks import SCORER_NETWORKS
 

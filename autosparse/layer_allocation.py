@@ -24,7 +24,7 @@ from .registry import Registry
 Counts = dict[str, int]
 Shapes = Mapping[str, torch.Size]
 GLOBAL = "global"  # counts follow the scores: one threshold over every layer
-LEARNED = "learned"  # counts from a fitted allocator (autosparse/allocator.py)
+LEARNED = "learned"  # counts from a fitted allocator (autosparse/learned_allocation.py)
 
 
 class DensityError(UserError):

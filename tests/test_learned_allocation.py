@@ -11,9 +11,9 @@ from safetensors.torch import load_file, save_file
 
 import autosparse
 from autosparse import UserError
-from autosparse.allocator import (CONTEXT, Allocator, AllocatorFormatError, examples, fit_allocator,
-                                  layer_context, layer_densities_by_round, load_allocator)
 from autosparse.config import AllocatorConfig
+from autosparse.learned_allocation import (CONTEXT, Allocator, AllocatorFormatError, examples, fit_allocator,
+                                           layer_context, layer_densities_by_round, load_allocator)
 from autosparse.survival import SurvivalDataset
 
 SHAPES = {"a.weight": [20, 10], "b.weight": [30, 20], "c.weight": [5, 30]}  # 200 + 600 + 150 = 950 weights

@@ -15,11 +15,11 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .allocation import Counts, counts_from_densities, keep_count
 from .config import AllocatorConfig
 from .errors import UserError
-from .io import load_network_file, save_network_file
+from .layer_allocation import Counts, counts_from_densities, keep_count
 from .scorer.networks import MLPScorer
+from .storage import load_network_file, save_network_file
 from .survival import SurvivalDataset
 
 FORMAT = "autosparse.allocator"

@@ -8,10 +8,10 @@ from typing import Optional
 
 import torch
 
-from .allocation import LEARNED
 from .config import DEFAULT_INIT, ModelOnData, TrainConfig
 from .data import Dataset
 from .errors import UserError
+from .layer_allocation import LEARNED
 from .masks import Mask, apply_mask
 from .models import build_model
 from .pruning import MethodSpec, prune

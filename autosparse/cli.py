@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from typing import Optional
 
@@ -168,7 +167,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     print(f"{'total':<40} {mask.num_total():>10} {mask.density():>9.4f}")
     if mask.collapsed_layers():
         print(f"layer collapse: {', '.join(mask.collapsed_layers())} keep no weight")
-    apply_mask(model, mask, args.init)
+    apply_mask(model, mask, args.init, batch[0])
     signal = signal_at_init(model, *batch)
     print(f"signal at init ({args.init}): logit std {signal.logit_std:.3g}, gradient norm {signal.grad_norm:.3g}, "
           f"loss {signal.loss:.4f} on the scoring batch")
@@ -196,20 +195,22 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    """Print a link to each pipeline's runs table, then become the MLflow UI (one worker: light and quick to
+    start)."""
     from .orchestration.store import StageStore
-    from .orchestration.tracking import ARTIFACTS_FOLDER, default_tracking_uri, relocate_artifacts
+    from .orchestration.tracking import ARTIFACTS_FOLDER, default_tracking_uri, relocate_artifacts, runs_table_links
 
     store = StageStore(args.workspace)
     uri = default_tracking_uri(store.local)
     relocate_artifacts(uri, store.uri(ARTIFACTS_FOLDER))
-    print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C to stop)")
+    address = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    print(f"MLflow UI for {uri} at {address} (Ctrl-C to stop)")
+    for experiment, link in runs_table_links(uri, address).items():
+        print(f"{experiment}, runs by test accuracy: {link}")
+    sys.stdout.flush()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-               "--port", str(args.port)]
-    try:
-        return subprocess.call(command, env=env)
-    except KeyboardInterrupt:
-        return 0
+    os.execve(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+                               "--port", str(args.port), "--workers", "1"], env)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

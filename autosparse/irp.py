@@ -116,7 +116,7 @@ def run_irp(
     for round_index in range(state.completed, irp.rounds + 1):
         started = time.perf_counter()
         model.load_state_dict(state.rewind if round_index > 0 else state.initial)
-        apply_mask(model, state.mask.to(device), irp.init)
+        apply_mask(model, state.mask.to(device), irp.init, batch[0].to(device))
         net = wrap(model)
         optimizer = make_optimizer(net, recipe)
         capture_rewind = round_index == 0 and irp.rewind_step > 0

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
 
 from .errors import UserError
-from .sparse_init import ORIGINAL, SPARSE_INITS, kept_weight_factors
+from .sparse_init import ORIGINAL, SPARSE_INITS, calibrate, kept_weight_factors, output_spreads
 from .storage import atomic_write
 
 PRUNABLE_HOOK = "prunable_parameter_names"
@@ -128,28 +128,36 @@ class Mask(Mapping[str, Tensor]):
         return cls(tensors)
 
 
-def apply_mask(model: nn.Module, mask: Mask, init: str = ORIGINAL) -> None:
+def apply_mask(model: nn.Module, mask: Mask, init: str = ORIGINAL, inputs: Optional[Tensor] = None) -> None:
     """Zero pruned weights, rescale kept ones by the sparse init `init`, and keep pruned weights zero while
     training.
 
     `init` names an entry of `SPARSE_INITS` (autosparse/sparse_init.py): `original` keeps the dense initial
-    values; `layer_variance` and `unit_fan_in` restore each layer's or each unit's squared norm. Apply it to
-    the dense initialization. Gradients of pruned entries are zeroed by hooks, so SGD momentum, weight decay
-    and Adam moments never move them. Re-applying replaces the previous mask's hooks.
+    values; `layer_variance` and `unit_fan_in` restore each layer's or each unit's squared norm;
+    `calibrated` then matches each layer's output spread on `inputs` (a batch, e.g. the scoring batch) to
+    the dense network's. Apply it to the dense initialization. Gradients of pruned entries are zeroed by
+    hooks, so SGD momentum, weight decay and Adam moments never move them. Re-applying replaces the
+    previous mask's hooks.
     """
     mask.validate(model)
-    SPARSE_INITS.get(init)
+    rule = SPARSE_INITS.get(init)
+    if rule.calibrates and inputs is None:
+        raise UserError(f"sparse init {init!r} calibrates on a batch: pass `inputs`")
+    params = prunable_parameters(model)
+    dense_spreads = output_spreads(model, list(params), inputs) if rule.calibrates else None
     for handle in getattr(model, "_autosparse_mask_hooks", []):
         handle.remove()
     handles = []
     with torch.no_grad():
-        for name, param in prunable_parameters(model).items():
+        for name, param in params.items():
             keep = mask[name].to(param.device)
             if init != ORIGINAL:
                 param.mul_(kept_weight_factors(param, keep, init))
             param.mul_(keep)
             handles.append(param.register_hook(lambda grad, keep=keep: grad * keep))
     model._autosparse_mask_hooks = handles
+    if dense_spreads is not None:
+        calibrate(model, dense_spreads, inputs)
 
 
 def broadcast_mask(mask: Mask, src: int = 0) -> Mask:

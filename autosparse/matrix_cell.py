@@ -78,15 +78,15 @@ def run_cell(spec: CellSpec, dataset: Dataset, scorer_path: Optional[Path] = Non
     started = time.time()
     device = dataset.train.inputs.device
     model = build_model(spec.target.model, dataset.input_shape, dataset.num_classes, spec.seed).to(device)
-    mask = None
+    mask, batch = None, dataset.sample_batch(spec.score_batch_size, spec.seed)
     if spec.method != DENSE:
         mask = agree(cell_mask(spec, model, dataset, scorer_path, allocator_path))
         if spec.variant == "reinit":
             model = build_model(spec.target.model, dataset.input_shape, dataset.num_classes,
                                 reinit_seed(spec.seed)).to(device)
-        apply_mask(model, mask.to(device), spec.init)
+        apply_mask(model, mask.to(device), spec.init, batch[0])
     pruned = time.time()
-    signal = signal_at_init(model, *dataset.sample_batch(spec.score_batch_size, spec.seed))
+    signal = signal_at_init(model, *batch)
     history = train(wrap(model), dataset, spec.train, seed=spec.seed, shard=shard)
     return {
         "test_accuracy": history.final_accuracy,

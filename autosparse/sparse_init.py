@@ -15,8 +15,15 @@ carries a signal:
   n/k times the dense one. Here it is made exact for any mask: each unit's kept weights are multiplied by
   one factor so that their squared norm is that of the unit's dense weights (sqrt(n/k) for a random mask).
 
-Both rescalings leave a dense layer bit-identical, never revive a pruned weight, keep signs and the
-relative sizes of kept weights, and are idempotent. Biases and normalization parameters are untouched.
+- `calibrated`: `unit_fan_in`, then one factor per layer, layer by layer in forward order, so that the
+  spread of the layer's output on a batch equals the dense network's (LSUV, Mishkin & Matas 2016, with the
+  dense network as the target). The data-free rules count kept weights, not the signal that reaches them:
+  at 98-99% many units keep no input, the kept weights downstream of them carry nothing, and the loss
+  compounds with depth. Calibration measures it, so it needs a batch of inputs (the scoring batch).
+
+All rescalings leave a dense network bit-identical, never revive a pruned weight and keep signs and the
+relative sizes of kept weights within a unit; the data-free ones are idempotent. Biases and normalization
+parameters are untouched.
 """
 from __future__ import annotations
 
@@ -32,7 +39,18 @@ from .registry import Registry
 
 ORIGINAL = "original"
 
-SparseInit = Callable[[Tensor, Tensor], Tensor]
+Factors = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class SparseInit:
+    """`factors(weight, kept)`: the factor of every weight of one layer; `calibrates`: whether the layers are
+    then calibrated on a batch against the dense network (`calibrate`)."""
+
+    factors: Factors
+    calibrates: bool = False
+
+
 SPARSE_INITS: Registry[SparseInit] = Registry("sparse init")
 
 
@@ -42,20 +60,17 @@ def _restore_norm(dense_sq: Tensor, kept_sq: Tensor) -> Tensor:
                        torch.ones_like(kept_sq))
 
 
-@SPARSE_INITS.register(ORIGINAL)
 def original(weight: Tensor, kept: Tensor) -> Tensor:
     """The factor 1 for every weight: the dense initial values."""
     return torch.ones_like(weight)
 
 
-@SPARSE_INITS.register("layer_variance")
 def layer_variance(weight: Tensor, kept: Tensor) -> Tensor:
     """One factor per layer: the kept weights' squared norm becomes the dense layer's."""
     squares = weight.detach().square()
     return _restore_norm(squares.sum(), (squares * kept).sum()).expand_as(weight)
 
 
-@SPARSE_INITS.register("unit_fan_in")
 def unit_fan_in(weight: Tensor, kept: Tensor) -> Tensor:
     """One factor per unit (row of the weight): its kept weights' squared norm becomes its dense weights'."""
     squares = weight.detach().square().flatten(1)
@@ -63,9 +78,88 @@ def unit_fan_in(weight: Tensor, kept: Tensor) -> Tensor:
     return factor.view(-1, *([1] * (weight.dim() - 1))).expand_as(weight)
 
 
+SPARSE_INITS.register(ORIGINAL)(SparseInit(original))
+SPARSE_INITS.register("layer_variance")(SparseInit(layer_variance))
+SPARSE_INITS.register("unit_fan_in")(SparseInit(unit_fan_in))
+SPARSE_INITS.register("calibrated")(SparseInit(unit_fan_in, calibrates=True))
+
+
 def kept_weight_factors(weight: Tensor, kept: Tensor, init: str) -> Tensor:
-    """The factor each weight of one layer is multiplied by under `init` (pruned weights: any value)."""
-    return SPARSE_INITS.get(init)(weight, kept.to(weight.dtype))
+    """The factor each weight of one layer is multiplied by under `init` before any calibration (pruned
+    weights: any value)."""
+    return SPARSE_INITS.get(init).factors(weight, kept.to(weight.dtype))
+
+
+class _Reached(Exception):
+    """Ends a forward pass once the layer being measured has produced its output."""
+
+
+def _spread(output: Tensor, module: nn.Module) -> float:
+    """The root mean square over units of each unit's std over the batch (and positions): units are the
+    last dimension of a Linear output and the second of a convolution's."""
+    units = output.movedim(1 if isinstance(module, nn.modules.conv._ConvNd) else -1, 0).flatten(1)
+    return float(units.double().var(1, unbiased=False).mean().sqrt())
+
+
+def _weight_layers(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
+    """The module whose `weight` each prunable parameter is (parameters declared otherwise are skipped)."""
+    layers = {}
+    for name in names:
+        owner, _, attribute = name.rpartition(".")
+        module = model.get_submodule(owner)
+        if attribute == "weight" and isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+            layers[name] = module
+    return layers
+
+
+@torch.no_grad()
+def output_spreads(model: nn.Module, names: list[str], inputs: Tensor) -> dict[str, float]:
+    """The spread of each named layer's output on `inputs` (evaluation mode), in forward order."""
+    spreads, handles = {}, []
+    for name, module in _weight_layers(model, names).items():
+        def record(module, args, output, name=name):
+            spreads.setdefault(name, _spread(output, module))
+        handles.append(module.register_forward_hook(record))
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, mode in modes.items():
+            module.training = mode
+    return spreads
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, dense_spreads: dict[str, float], inputs: Tensor) -> dict[str, float]:
+    """Multiply each layer's weight, in forward order, by the factor that makes the spread of its output on
+    `inputs` equal its dense spread; a layer whose output carries no spread at all keeps factor 1 (nothing
+    reaches it). Returns the factors."""
+    factors, modes = {}, {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        for name, module in _weight_layers(model, list(dense_spreads)).items():
+            measured = []
+
+            def stop(module, args, output):
+                measured.append(_spread(output, module))
+                raise _Reached
+
+            handle = module.register_forward_hook(stop)
+            try:
+                model(inputs)
+            except _Reached:
+                pass
+            finally:
+                handle.remove()
+            factors[name] = dense_spreads[name] / measured[0] if measured and measured[0] > 0 else 1.0
+            module.weight.mul_(factors[name])
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    return factors
 
 
 @dataclass(frozen=True)

@@ -168,8 +168,9 @@ def signal_table(specs: list[CellSpec], dataset, scorer, allocator) -> str:
     for spec in specs:
         model = autosparse.build_model(spec.target.model, dataset.input_shape, dataset.num_classes, spec.seed)
         mask = cell_mask(spec, model, dataset, scorer, allocator)
-        autosparse.apply_mask(model, mask, spec.init)
-        signal = autosparse.signal_at_init(model, *dataset.sample_batch(spec.score_batch_size, spec.seed))
+        batch = dataset.sample_batch(spec.score_batch_size, spec.seed)
+        autosparse.apply_mask(model, mask, spec.init, batch[0])
+        signal = autosparse.signal_at_init(model, *batch)
         empty = sum(mask.empty_units().values()) / sum(kept.shape[0] for kept in mask.values())
         rows[(spec.label, spec.sparsity)].append((signal.logit_std, signal.grad_norm, empty))
     lines = ["| method | sparsity | logit std at init | gradient norm at init | units without input |",

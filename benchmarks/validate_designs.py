@@ -52,7 +52,7 @@ SCORERS = {
                                step_batch_size=WHOLE_BATCH),
     "wide-src": ScorerConfig(name="wide-src", validation="sources", step_batch_size=WHOLE_BATCH),
 }
-DESIGNS = ["synflow", "iter_snip", "snip/iter20@alloc:learned", "autos:paper", "autos:oneshot@alloc:learned",
+DESIGNS = ["snip", "synflow", "iter_snip", "snip/iter20@alloc:learned", "autos:paper", "autos:oneshot@alloc:learned",
            "autos:narrow/iter20", "autos:narrow/iter20@alloc:synflow", "autos:narrow/iter20@alloc:learned",
            "autos:wide/iter20@alloc:learned", "autos:wide/iter10@alloc:learned",
            "autos:wide-b64/iter20@alloc:learned",

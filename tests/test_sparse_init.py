@@ -15,7 +15,8 @@ from autosparse.data import load_dataset
 from autosparse.matrix_cell import CellSpec, run_cell
 from autosparse.registry import UnknownNameError
 from autosparse.schema import ConfigError
-from autosparse.sparse_init import SPARSE_INITS, signal_at_init
+from autosparse.errors import UserError
+from autosparse.sparse_init import SPARSE_INITS, output_spreads, signal_at_init
 
 INITS = SPARSE_INITS.registered()
 WEIGHT = torch.tensor([[1.0, 2.0, 3.0, 4.0], [-1.0, 0.5, 2.0, -2.0], [0.3, -0.2, 0.1, 0.4]])
@@ -81,7 +82,7 @@ def test_pruned_weights_stay_exactly_zero_under_every_init_while_training(init):
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
     mask = Mask({name: torch.rand(p.shape) < 0.4 for name, p in prunable_parameters(model).items()})
-    apply_mask(model, mask, init)
+    apply_mask(model, mask, init, torch.randn(32, 6))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     for _ in range(5):
         optimizer.zero_grad()
@@ -93,13 +94,42 @@ def test_pruned_weights_stay_exactly_zero_under_every_init_while_training(init):
 
 @pytest.mark.parametrize("init", INITS)
 def test_every_init_leaves_a_dense_layer_bit_identical_and_is_idempotent(init):
-    layer = linear_with(WEIGHT)
-    apply_mask(layer, Mask({"weight": torch.ones_like(KEPT)}), init)
+    layer, inputs = linear_with(WEIGHT), torch.randn(32, 4)
+    apply_mask(layer, Mask({"weight": torch.ones_like(KEPT)}), init, inputs)
     assert torch.equal(layer.weight, WEIGHT)
-    apply_mask(layer, Mask({"weight": KEPT}), init)
+    apply_mask(layer, Mask({"weight": KEPT}), init, inputs)
     once = layer.weight.detach().clone()
-    apply_mask(layer, Mask({"weight": KEPT}), init)
+    apply_mask(layer, Mask({"weight": KEPT}), init, inputs)
     assert torch.allclose(layer.weight, once)
+
+
+def test_calibrated_matches_the_dense_output_spread_by_hand():
+    """One unit, weights (1, 2), the second pruned. Inputs (+-1, 0) and (0, +-3): the dense outputs
+    (1, -1, 6, -6) have variance 18.5. unit_fan_in multiplies the kept weight by sqrt(5 / 1), giving outputs
+    (+-sqrt5, 0, 0) of variance 2.5; calibration multiplies by sqrt(18.5 / 2.5): the weight becomes sqrt(37)."""
+    layer = linear_with(torch.tensor([[1.0, 2.0]]))
+    inputs = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 3.0], [0.0, -3.0]])
+    apply_mask(layer, Mask({"weight": torch.tensor([[True, False]])}), "calibrated", inputs)
+    assert torch.allclose(layer.weight, torch.tensor([[math.sqrt(37.0), 0.0]]))
+    assert float((inputs @ layer.weight.detach().T).var(unbiased=False)) == pytest.approx(18.5)
+
+
+def test_calibrated_restores_every_layer_spread_of_a_deep_sparse_net_in_forward_order():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                          nn.Linear(64, 5))
+    inputs = torch.randn(128, 16)
+    dense = output_spreads(model, list(prunable_parameters(model)), inputs)
+    assert list(dense) == ["0.weight", "2.weight", "4.weight", "6.weight"]  # forward order
+    apply_mask(model, prune(model, 0.95, "random", seed=0), "calibrated", inputs)
+    sparse = output_spreads(model, list(prunable_parameters(model)), inputs)
+    assert sparse == pytest.approx(dense, rel=1e-5)
+    assert model.training  # the mode is restored
+
+
+def test_calibrated_needs_a_batch():
+    with pytest.raises(UserError, match="'calibrated' calibrates on a batch"):
+        apply_mask(nn.Linear(2, 2), Mask({"weight": torch.ones(2, 2, dtype=torch.bool)}), "calibrated")
 
 
 def test_original_is_the_dense_initialization_times_the_mask_bit_for_bit():
@@ -134,9 +164,9 @@ def test_a_rescaling_init_restores_the_signal_of_a_deep_sparse_net():
     signal = {}
     for init in INITS:
         net = copy.deepcopy(model)
-        apply_mask(net, mask, init)
+        apply_mask(net, mask, init, inputs)
         signal[init] = signal_at_init(net, inputs, targets)
-    for rescaled in ("layer_variance", "unit_fan_in"):
+    for rescaled in ("layer_variance", "unit_fan_in", "calibrated"):
         assert signal["original"].logit_std < 1e-4 * signal[rescaled].logit_std
         assert signal["original"].grad_norm < 0.05 * signal[rescaled].grad_norm
     assert signal["original"].loss == pytest.approx(math.log(10), abs=0.02)  # a constant output (but its bias)
@@ -161,7 +191,7 @@ def test_signal_at_init_by_hand_and_without_side_effects():
 def test_an_unknown_init_is_a_one_line_error_naming_it():
     with pytest.raises(UnknownNameError, match="'fancy'"):
         apply_mask(nn.Linear(2, 2), Mask({"weight": torch.ones(2, 2, dtype=torch.bool)}), "fancy")
-    with pytest.raises(ConfigError, match="init.*'fancy'.*known: layer_variance, original, unit_fan_in"):
+    with pytest.raises(ConfigError, match="init.*'fancy'.*known: calibrated, layer_variance, original, unit_fan_in"):
         MatrixConfig(init="fancy")
     with pytest.raises(ConfigError, match="compare_inits"):
         MatrixConfig(init="original", compare_inits=["original"])

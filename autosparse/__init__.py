@@ -10,28 +10,16 @@ from .criteria import CRITERIA
 from .data import DATASETS, load_dataset
 from .errors import UserError
 from .layer_allocation import SHAPE_ALLOCATIONS, top_k_within_layers
+from .learned_allocation import load_allocator  # importing it registers its loader in methods.LEARNED_FILES
 from .masks import Mask, apply_mask, prunable_parameters
+from .methods import Method
 from .models import MODELS, build_model
-from .pruning import MethodSpec, prune, score
+from .pruning import prune, score
+from .scorer import load_scorer  # likewise
 from .sparse_init import SPARSE_INITS, signal_at_init
 
-__version__ = "0.2.0"
+__version__ = "0.2.0"  # the one version string (pyproject.toml reads it)
 
-
-def load_scorer(path):
-    """Load a saved AutoS scorer; usable as `method=` in `prune`."""
-    from .scorer.artifact import load_scorer as load
-
-    return load(path)
-
-
-def load_allocator(path):
-    """Load a saved learned allocation; usable as `allocation=` in `prune`."""
-    from .learned_allocation import load_allocator as load
-
-    return load(path)
-
-
-__all__ = ["CRITERIA", "DATASETS", "MODELS", "Mask", "MethodSpec", "SHAPE_ALLOCATIONS", "SPARSE_INITS", "UserError", "apply_mask",
+__all__ = ["CRITERIA", "DATASETS", "MODELS", "Mask", "Method", "SHAPE_ALLOCATIONS", "SPARSE_INITS", "UserError", "apply_mask",
            "build_model", "load_allocator", "load_dataset", "load_scorer", "prunable_parameters", "prune", "score",
            "signal_at_init", "top_k_within_layers", "__version__"]

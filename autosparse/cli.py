@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--model", required=True, help="registered model name or package.module:factory")
     prune.add_argument("--dataset", required=True, help="dataset the model is sized for (and scored on)")
     prune.add_argument("--method", required=True,
-                       help="criterion[/iterK][@alloc:NAME] (e.g. snip/iter20@alloc:synflow), or a scorer file")
+                       help="SCORES[/iterK][/batchN][@alloc:NAME][+VARIANT] (e.g. snip/iter20@alloc:synflow), "
+                            "SCORES a criterion or a scorer file")
     prune.add_argument("--sparsity", type=float, required=True, help="fraction of prunable weights to remove")
     prune.add_argument("--allocation", default=None,
                        help="global, uniform, erk, a criterion name, or an allocator file (overrides @alloc:)")
@@ -146,21 +147,16 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     import torch
 
-    from . import apply_mask, build_model, load_dataset, prune
-    from .pruning import MethodSpec
+    from . import Method, apply_mask, build_model, load_dataset, prune
     from .sparse_init import signal_at_init
     from .storage import atomic_write
 
     dataset = load_dataset(args.dataset, args.data_root, args.download)
     model = build_model(args.model, dataset.input_shape, dataset.num_classes, args.seed)
-    if os.path.exists(args.method) or args.method.endswith(".safetensors"):
-        method, steps, allocation = args.method, None, args.allocation or "global"
-    else:
-        spec = MethodSpec.parse(args.method)
-        spec.validate()
-        method, steps, allocation = spec.criterion, spec.steps, args.allocation or spec.allocation
+    method = Method.parse(args.method)
+    method.validate()
     batch = dataset.sample_batch(args.batch_size, args.seed)
-    mask = prune(model, args.sparsity, method, batch, allocation=allocation, steps=steps, seed=args.seed)
+    mask = prune(model, args.sparsity, method, batch, allocation=args.allocation, seed=args.seed)
     print(f"{'layer':<40} {'weights':>10} {'density':>9}")
     for name, density in mask.layer_densities().items():
         print(f"{name:<40} {mask[name].numel():>10} {density:>9.4f}")

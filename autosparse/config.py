@@ -11,8 +11,11 @@ from typing import Any, Literal, Optional
 import yaml
 
 from .data.base import DEFAULT_DATA_ROOT
+from .criteria import CRITERIA
 from .features import all_feature_names
-from .schema import ConfigError, check, check_partial, from_dict, set_dotted
+from .layer_allocation import LEARNED
+from .methods import VARIANTS, allocation_names
+from .schema import ConfigError, check, check_partial, from_dict, resource, set_dotted
 from .sparse_init import ORIGINAL, SPARSE_INITS
 
 # Scale-free features (standardized within the layer or over the whole model). Layer constants such as
@@ -121,24 +124,30 @@ class SourceConfig(Pair):
 class IRPConfig:
     """Iterative rewind pruning settings, shared by every source chain (`train` overrides the recipe).
     `init` is the sparse init of the kept weights at every rewind of the source chains (a target's IRP
-    reference chain takes `matrix.init` instead, like the target's cells)."""
+    reference chain takes `matrix.init` instead, like the target's cells). `num_workers`, `cpus_per_worker`
+    and `use_gpu` are resources: they enter no hash."""
 
     rounds: int = 20
     prune_fraction: float = 0.2
     rewind_step: int = 0
-    trained_criterion: Literal["magnitude", "snip"] = "magnitude"
-    allocation: Literal["global", "uniform"] = "global"
+    trained_criterion: str = "magnitude"
+    allocation: str = "global"
     features: list[str] = field(default_factory=all_feature_names)
     feature_round_stride: int = 1
     train: TrainOverrides = field(default_factory=dict)
-    num_workers: int = 1
-    cpus_per_worker: int = 1
-    use_gpu: bool = False
+    num_workers: int = resource(1)
+    cpus_per_worker: int = resource(1)
+    use_gpu: bool = resource(False)
     init: str = ORIGINAL
 
     def __post_init__(self) -> None:
         _positive(self.rounds, "rounds")
         _sparse_init(self.init, "init")
+        check(self.trained_criterion in CRITERIA, "trained_criterion",
+              f"unknown pruning criterion {self.trained_criterion!r} (known: {', '.join(CRITERIA.names())})")
+        chain_allocations = [name for name in allocation_names() if name != LEARNED]
+        check(self.allocation in chain_allocations, "allocation",
+              f"unknown allocation {self.allocation!r} for IRP (known: {', '.join(chain_allocations)})")
         _positive(self.cpus_per_worker, "cpus_per_worker")
         _positive(self.feature_round_stride, "feature_round_stride")
         check(0 < self.prune_fraction < 1, "prune_fraction", f"must be in (0, 1), got {self.prune_fraction!r}")
@@ -240,8 +249,8 @@ class AllocatorConfig:
 class MatrixConfig:
     """The generalization matrix: targets x methods (and variants) x sparsities x seeds.
 
-    Methods are written `criterion[/iterK][@alloc:NAME]` (autosparse/pruning.py), with
-    `autos:<scorer name>` for a fitted scorer. Every cell of a target, its dense reference and its IRP
+    Methods are written `SCORES[/iterK][/batchN][@alloc:NAME][+VARIANT]` (autosparse/methods.py), with
+    `autos:<scorer name>` for a fitted scorer; `variants` adds the sanity variants to `variant_methods`. Every cell of a target, its dense reference and its IRP
     reference train with the target's recipe plus `train` overrides, and start from the sparse init `init`
     (autosparse/sparse_init.py). `compare_inits` adds cells of `compare_init_methods` (default: every
     method) under other sparse inits, labelled `<method> init:<name>`, for before/after comparisons.
@@ -250,7 +259,7 @@ class MatrixConfig:
     targets: list[ModelOnData] = field(default_factory=lambda: [ModelOnData("mlp", "digits")])
     methods: list[str] = field(default_factory=lambda: ["random", "magnitude", "snip", "grasp", "synflow",
                                                         "random@alloc:erk"])
-    variants: list[Literal["shuffle", "invert", "reinit"]] = field(default_factory=list)
+    variants: list[str] = field(default_factory=list)
     variant_methods: Optional[list[str]] = None
     sparsities: list[float] = field(default_factory=lambda: [0.9, 0.95, 0.98, 0.99])
     init: str = DEFAULT_INIT
@@ -260,9 +269,9 @@ class MatrixConfig:
     train: TrainOverrides = field(default_factory=dict)
     irp_reference: bool = True
     dense_reference: bool = True
-    workers_per_run: int = 1
-    cpus_per_cell: float = 1.0
-    gpus_per_cell: float = 0.0
+    workers_per_run: int = resource(1)
+    cpus_per_cell: float = resource(1.0)
+    gpus_per_cell: float = resource(0.0)
 
     def __post_init__(self) -> None:
         check(bool(self.targets), "targets", "must not be empty")
@@ -271,6 +280,8 @@ class MatrixConfig:
         for s in self.sparsities:
             check(0 < s < 1 and not math.isnan(s), "sparsities", f"sparsity {s!r} is outside (0, 1)")
         check(bool(self.seeds), "seeds", "must not be empty")
+        for name in self.variants:
+            check(name in VARIANTS, "variants", f"unknown sanity variant {name!r} (known: {', '.join(VARIANTS)})")
         for key, name in [("init", self.init), *(("compare_inits", n) for n in self.compare_inits)]:
             _sparse_init(name, key)
         check(self.init not in self.compare_inits, "compare_inits", f"repeats matrix.init {self.init!r}")
@@ -412,9 +423,9 @@ class TuneSpace:
     objective: Literal["proxy", "downstream"] = "proxy"
     metric: str = "heldout_within_layer_iou"
     num_samples: int = 8
-    max_concurrent: int = 2
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    max_concurrent: int = resource(2)
+    cpus_per_trial: float = resource(1.0)
+    gpus_per_trial: float = resource(0.0)
     search: Literal["random", "optuna"] = "optuna"
     scheduler: ASHAConfig = field(default_factory=ASHAConfig)
     downstream_sparsity: float = 0.98

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -56,15 +56,35 @@ class ScoringContext:
         return tuple(self.input_shape)
 
 
+@runtime_checkable
+class ScoringPlugin(Protocol):
+    """What a scoring plug-in of `autosparse.prune` offers (a registered `Criterion`, a fitted AutoS `Scorer`):
+    scores for a (masked) network, and how it prunes unless told otherwise. A plain function scoring a
+    context is a plug-in of one step on the whole batch."""
+
+    @property
+    def default_steps(self) -> int:
+        """Re-scoring steps."""
+
+    @property
+    def default_step_batch_size(self) -> Optional[int]:
+        """Examples each step scores on, in turn (None: all of them)."""
+
+    def __call__(self, context: ScoringContext) -> Scores:
+        """One score per prunable weight, higher = keep."""
+
+
 @dataclass(frozen=True)
 class Criterion:
-    """A registered scoring rule; `default_steps` is how many re-scoring steps its method uses."""
+    """A registered scoring rule (a `ScoringPlugin`); `default_steps` is how many re-scoring steps its method
+    uses, each on the whole batch."""
 
     name: str
     score: Callable[[ScoringContext], Scores]
     needs_data: bool
     default_steps: int = 1
     constants: Optional[dict] = None
+    default_step_batch_size: Optional[int] = None
 
     def __call__(self, context: ScoringContext) -> Scores:
         if self.needs_data:

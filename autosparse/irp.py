@@ -12,10 +12,10 @@ from .config import IRPChainConfig
 from .criteria import CRITERIA, ScoringContext
 from .data import Dataset
 from .errors import UserError
-from .layer_allocation import SHAPE_ALLOCATIONS, global_counts, keep_count, top_k_within_layers
+from .layer_allocation import global_counts, keep_count, top_k_within_layers
 from .masks import Mask, apply_mask, masked_copy
 from .models import build_model
-from .pruning import exclude_pruned
+from .pruning import allocation_counts, exclude_pruned
 from .survival import RoundFeatures
 from .training import Shard, make_optimizer, train
 
@@ -82,14 +82,12 @@ def initial_state(model: nn.Module) -> IRPState:
 
 
 def prune_trained(model: nn.Module, mask: Mask, density: float, criterion: str, batch, allocation: str) -> Mask:
-    """Remove weights from the trained network by magnitude or SNIP, never reviving pruned ones."""
+    """Remove weights from the trained network by one scoring of `criterion` under `allocation` (resolved as
+    in `prune`), never reviving pruned ones."""
     scores = exclude_pruned(CRITERIA.get(criterion)(ScoringContext(model, [batch])), mask)
-    keep = keep_count(mask.num_total(), density)
-    if allocation == "global":
-        counts = global_counts(scores, keep)
-    else:
-        counts = SHAPE_ALLOCATIONS.get(allocation).counts({n: s.shape for n, s in scores.items()}, density)
-    return top_k_within_layers(scores, counts)
+    counts = allocation_counts(allocation, model, density, [batch])
+    return top_k_within_layers(scores, global_counts(scores, keep_count(mask.num_total(), density))
+                               if counts is None else counts)
 
 
 def run_irp(

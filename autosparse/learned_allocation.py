@@ -18,12 +18,14 @@ from torch import Tensor, nn
 from .config import AllocatorConfig
 from .errors import UserError
 from .layer_allocation import Counts, counts_from_densities, keep_count
+from .methods import LEARNED_FILES
 from .scorer.networks import MLPScorer
 from .storage import load_network_file, save_network_file
 from .survival import SurvivalDataset
 
 FORMAT = "autosparse.allocator"
 FORMAT_VERSION = 1
+FIT_VERSION = 1  # how `fit_allocator` fits (enters the allocator stage's hash): bump when its result changes
 CONTEXT = ["depth", "is_first", "is_last", "log_fan_in", "log_fan_out", "log_kernel_size", "log_layer_share",
            "layer_kind", "log_density", "log_density*log_layer_share", "log_density*is_last", "log_density*log_fan_in"]
 EVALUATION_DENSITIES = (0.05, 0.02, 0.01)
@@ -161,6 +163,7 @@ def fit_allocator(datasets: Sequence[SurvivalDataset], config: AllocatorConfig) 
     return allocator, summary
 
 
+@LEARNED_FILES.register("allocator")
 def load_allocator(path: str | os.PathLike) -> Allocator:
     """Load and validate an allocator file; clear errors for foreign, truncated or incompatible files."""
     header, state, mean, std = load_network_file(path, AllocatorFormatError, FORMAT, FORMAT_VERSION, "allocator")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -10,21 +10,22 @@ import torch
 
 from .config import DEFAULT_INIT, ModelOnData, TrainConfig
 from .data import Dataset
-from .errors import UserError
-from .layer_allocation import LEARNED
 from .masks import Mask, apply_mask
+from .methods import Method
 from .models import build_model
-from .pruning import MethodSpec, prune
-from .sanity import reinit_seed, shuffle_mask
+from .pruning import prune
+from .sanity import reinit_seed
 from .sparse_init import ORIGINAL, signal_at_init
 from .training import Shard, train
 
 DENSE = "dense"
+INIT_MARK = " init:"  # in a label, before the sparse init of cells compared under another one
 
 
 @dataclass
 class CellSpec:
-    """What a cell computes. `method` is `dense` or a method string (autosparse/pruning.py); an AutoS
+    """What a cell computes. `method` is `dense` or a method without its variant (autosparse/methods.py),
+    `variant` its sanity variant; an AutoS
     method names its scorer stage in `scorer`, a learned allocation its allocator stage in `allocator`.
     `train` is the resolved recipe of the target; `init` the sparse init of the kept weights
     (autosparse/sparse_init.py), applied after pruning to every method alike."""
@@ -46,27 +47,29 @@ class CellSpec:
         init other than the default: `synflow init:original` (a dense network has no sparse init)."""
         if self.method == DENSE:
             return DENSE
-        return init_label(f"{self.method}+{self.variant}" if self.variant else self.method, self.init)
+        return init_label(self.pruning.label, self.init)
+
+    @property
+    def pruning(self) -> Optional[Method]:
+        """The method with its variant (None for the dense reference)."""
+        return None if self.method == DENSE else replace(Method.parse(self.method), variant=self.variant)
 
 
 def init_label(label: str, init: str) -> str:
     """A method label, suffixed with its sparse init unless that is the default one."""
-    return label if init == DEFAULT_INIT else f"{label} init:{init}"
+    return label if init == DEFAULT_INIT else f"{label}{INIT_MARK}{init}"
+
+
+def label_method(label: str) -> Optional[Method]:
+    """The method (with its variant) of a cell's label; None for the dense reference."""
+    return None if label == DENSE else Method.parse(label.partition(INIT_MARK)[0])
 
 
 def cell_mask(spec: CellSpec, model: torch.nn.Module, dataset: Dataset, scorer_path: Optional[Path] = None,
               allocator_path: Optional[Path] = None) -> Mask:
     """The cell's mask: its method (inverted at every step, or shuffled, for those sanity variants)."""
-    method = MethodSpec.parse(spec.method)
-    if method.is_autos and scorer_path is None:
-        raise UserError(f"cell {spec.label}: an AutoS method needs its scorer file")
-    if method.allocation == LEARNED and allocator_path is None:
-        raise UserError(f"cell {spec.label}: allocation 'learned' needs its allocator file")
-    mask = prune(model, spec.sparsity, scorer_path if method.is_autos else method.criterion,
-                 dataset.sample_batch(spec.score_batch_size, spec.seed),
-                 allocation=allocator_path if method.allocation == LEARNED else method.allocation,
-                 steps=method.steps, invert=spec.variant == "invert", seed=spec.seed)
-    return shuffle_mask(mask, spec.seed) if spec.variant == "shuffle" else mask
+    return prune(model, spec.sparsity, spec.pruning.with_files(scorer_path, allocator_path),
+                 dataset.sample_batch(spec.score_batch_size, spec.seed), seed=spec.seed)
 
 
 def run_cell(spec: CellSpec, dataset: Dataset, scorer_path: Optional[Path] = None,

@@ -16,105 +16,45 @@ from __future__ import annotations
 
 import copy
 import math
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 import torch
 from torch import nn
 
-from .criteria import CRITERIA, Scores, ScoringContext, as_batches
+from .criteria import CRITERIA, Scores, ScoringContext, ScoringPlugin, as_batches
 from .errors import UserError
 from .layer_allocation import (GLOBAL, LEARNED, SHAPE_ALLOCATIONS, Counts, DensityError, check_density, counts_of,
                                global_counts, keep_count, step_counts, top_k_within_layers)
 from .masks import Mask, prunable_parameters, zero_pruned
-from .registry import UnknownNameError
+from .methods import Method, MethodError, check_allocation_name, load_learned_file, names_file
+from .sanity import shuffle_mask
 
 ScoreFunction = Callable[[ScoringContext], Scores]
-Method = Union[str, Path, ScoreFunction]
+Scoring = Union[str, Path, Method, ScoreFunction]
 Allocation = Union[str, Path, Callable[[dict, float], Counts]]
 NEG_INF = -math.inf
-AUTOS = "autos"
-
-METHOD_PATTERN = re.compile(r"^(?P<criterion>[A-Za-z0-9_.:-]+?)(?:/iter(?P<steps>\d+))?(?:@alloc:(?P<alloc>[A-Za-z0-9_-]+))?$")
 
 
-class MethodSpecError(UserError):
-    """A method string does not parse, or names steps < 1."""
+def resolve_method(scores: Union[str, Path, ScoreFunction]) -> ScoreFunction:
+    """What scores: a criterion name, a saved AutoS scorer file, or a scorer/criterion object."""
+    if callable(scores):
+        return scores
+    if isinstance(scores, (str, Path)):
+        if names_file(scores):
+            return load_learned_file("scorer", scores)
+        if Method(str(scores)).is_autos:
+            raise UserError(f"method {str(scores)!r} names a scorer that a pipeline fits: pass its file instead")
+        return CRITERIA.get(str(scores))
+    raise MethodError(f"method must be a name, a scorer path or a scorer object, got {type(scores).__name__}")
 
 
-@dataclass(frozen=True)
-class MethodSpec:
-    """A pruning method: a criterion (or `autos:<scorer name>`), its number of steps and its allocation.
-
-    Written `criterion[/iterK][@alloc:NAME]`, e.g. `snip`, `snip/iter20@alloc:synflow`,
-    `autos:conditional/iter20@alloc:learned`. Without `/iterK` the criterion's own default is used
-    (100 for SynFlow, 1 otherwise); without `@alloc:` the allocation is global.
-    """
-
-    criterion: str
-    steps: Optional[int] = None
-    allocation: str = GLOBAL
-
-    @classmethod
-    def parse(cls, text: str) -> "MethodSpec":
-        match = METHOD_PATTERN.match(str(text).strip())
-        if not match:
-            raise MethodSpecError(f"method {text!r} does not look like criterion[/iterK][@alloc:NAME]")
-        steps = int(match["steps"]) if match["steps"] else None
-        if steps is not None and steps < 1:
-            raise MethodSpecError(f"method {text!r}: steps must be at least 1")
-        return cls(match["criterion"], steps, match["alloc"] or GLOBAL)
-
-    @property
-    def is_autos(self) -> bool:
-        return self.criterion.split(":")[0] == AUTOS
-
-    @property
-    def scorer_name(self) -> Optional[str]:
-        return self.criterion.partition(":")[2] or None if self.is_autos else None
-
-    def label(self) -> str:
-        steps = f"/iter{self.steps}" if self.steps is not None else ""
-        allocation = f"@alloc:{self.allocation}" if self.allocation != GLOBAL else ""
-        return f"{self.criterion}{steps}{allocation}"
-
-    def validate(self, scorer_names: Optional[list[str]] = None) -> None:
-        """Names exist: the criterion (or scorer) and the allocation."""
-        if self.is_autos:
-            if scorer_names is not None and self.scorer_name not in scorer_names:
-                raise UnknownNameError(f"method {self.label()!r}: no scorer named {self.scorer_name!r} "
-                                       f"(scorers: {', '.join(scorer_names) or 'none'})")
-        else:
-            CRITERIA.get(self.criterion)
-        check_allocation_name(self.allocation)
-
-
-def check_allocation_name(name: str) -> None:
-    if name in (GLOBAL, LEARNED) or name in SHAPE_ALLOCATIONS or name in CRITERIA:
-        return
-    known = ", ".join([GLOBAL, LEARNED, *SHAPE_ALLOCATIONS.names(), *CRITERIA.names()])
-    raise UnknownNameError(f"unknown allocation {name!r} (known: {known})")
-
-
-def resolve_method(method: Method) -> ScoreFunction:
-    """A criterion name, a path to a saved AutoS scorer, or a scorer/criterion object."""
-    if callable(method):
-        return method
-    if isinstance(method, (str, Path)):
-        if str(method) in CRITERIA:
-            return CRITERIA.get(str(method))
-        if Path(method).suffix or Path(method).exists():
-            from .scorer.artifact import load_scorer
-
-            return load_scorer(method)
-        return CRITERIA.get(str(method))
-    raise MethodSpecError(f"method must be a name, a scorer path or a scorer object, got {type(method).__name__}")
-
-
-def default_steps(function: ScoreFunction) -> int:
-    return int(getattr(function, "default_steps", 1))
+def plugin_defaults(function: ScoreFunction) -> tuple[int, Optional[int]]:
+    """Steps and step batch size a scoring plug-in prunes with unless told otherwise (a plain function: one
+    step on the whole batch)."""
+    if isinstance(function, ScoringPlugin):
+        return function.default_steps, function.default_step_batch_size
+    return 1, None
 
 
 def step_batches(batches: Optional[list], size: Optional[int], step: int) -> Optional[list]:
@@ -129,16 +69,17 @@ def step_batches(batches: Optional[list], size: Optional[int], step: int) -> Opt
     return [(inputs[start:start + size], targets[start:start + size])]
 
 
-def score(model: nn.Module, method: Method, data: object = None, *, seed: int = 0,
+def score(model: nn.Module, method: Union[str, Path, ScoreFunction], data: object = None, *, seed: int = 0,
           input_shape: Optional[tuple[int, ...]] = None) -> Scores:
     """One scoring pass over every prunable weight of the dense `model` (left unchanged)."""
     context = ScoringContext(copy.deepcopy(model), as_batches(data), seed, input_shape)
     return resolve_method(method)(context)
 
 
-def fixed_counts(allocation: Allocation, net: nn.Module, density: float, batches, seed: int,
-                 input_shape: Optional[tuple[int, ...]]) -> Optional[Counts]:
-    """Final per-layer counts of a fixed allocation; None for `global` (counts follow the scores)."""
+def allocation_counts(allocation: Allocation, net: nn.Module, density: float, batches, seed: int = 0,
+                      input_shape: Optional[tuple[int, ...]] = None) -> Optional[Counts]:
+    """Final per-layer counts of an allocation at `density`; None for `global` (counts follow the scores).
+    The one resolver of allocation names, files and objects, for `prune` and for IRP's prunings."""
     shapes = {n: p.shape for n, p in prunable_parameters(net).items()}
     if callable(allocation):
         return allocation(shapes, density)
@@ -150,10 +91,8 @@ def fixed_counts(allocation: Allocation, net: nn.Module, density: float, batches
     if name in CRITERIA:
         mask = prune(net, 1 - density, name, batches, seed=seed, input_shape=input_shape)
         return counts_of(mask)
-    if Path(name).suffix or Path(name).exists():
-        from .learned_allocation import load_allocator
-
-        return load_allocator(name)(shapes, density)
+    if names_file(name):
+        return load_learned_file("allocator", name)(shapes, density)
     if name == LEARNED:
         raise UserError("allocation 'learned' needs a fitted allocator: pass its file (allocator.safetensors) "
                         "or an Allocator object")
@@ -164,10 +103,10 @@ def fixed_counts(allocation: Allocation, net: nn.Module, density: float, batches
 def prune(
     model: nn.Module,
     sparsity: float,
-    method: Method = "magnitude",
+    method: Scoring = "magnitude",
     data: object = None,
     *,
-    allocation: Allocation = GLOBAL,
+    allocation: Optional[Allocation] = None,
     steps: Optional[int] = None,
     step_batch_size: Optional[int] = None,
     invert: bool = False,
@@ -177,8 +116,14 @@ def prune(
 ) -> Mask:
     """A mask removing exactly `sparsity` of the prunable weights, chosen by `method`.
 
-    `data` is an (inputs, targets) pair or an iterable of pairs (model-ready tensors); data-free
-    criteria accept None (pass `input_shape=` for SynFlow then). `allocation` is `global`, `uniform`,
+    `method` is a method (autosparse/methods.py: its text such as `snip/iter20@alloc:synflow`, whose criterion
+    may be a scorer file, or a `Method`), a scorer file `Path`, or a scoring object or function; the keyword
+    arguments below override the parts the method names. Its `invert` variant is `invert=True`, its `shuffle`
+    variant shuffles the final mask within each layer (seeded by `seed`); `reinit` changes the network the
+    mask is applied to, not the mask.
+
+    `data` is an (inputs, targets) pair or an iterable of pairs (model-ready tensors); data-free criteria
+    accept None (pass `input_shape=` for SynFlow then). `allocation` is `global`, `uniform`,
     `erk`, a criterion name (that criterion's own per-layer counts), a fitted allocator (file or object),
     or a function (shapes, density) -> counts. `steps` defaults to the method's own (SynFlow 100, a
     conditional AutoS scorer its fitted value, others 1). `step_batch_size` (default: the method's own,
@@ -190,19 +135,29 @@ def prune(
         raise DensityError(f"sparsity {sparsity!r} is outside (0, 1)")
     density = 1.0 - sparsity
     check_density(density)
+    variant = None
+    if isinstance(method, (str, Path, Method)):
+        spec = method if isinstance(method, Method) else Method(str(method)) if isinstance(method, Path) \
+            else Method.parse(method)
+        method, variant = spec.scores, spec.variant
+        steps = spec.steps if steps is None else steps
+        step_batch_size = spec.step_batch if step_batch_size is None else step_batch_size
+        allocation = spec.allocation if allocation is None else allocation
+        invert = invert or variant == "invert"
     function = resolve_method(method)
-    steps = default_steps(function) if steps is None else steps
+    own_steps, own_step_batch_size = plugin_defaults(function)
+    steps = own_steps if steps is None else steps
     if steps < 1:
-        raise MethodSpecError(f"steps must be at least 1, got {steps}")
+        raise MethodError(f"steps must be at least 1, got {steps}")
     if step_batch_size is None:
-        step_batch_size = getattr(function, "default_step_batch_size", None)
+        step_batch_size = own_step_batch_size
     if step_batch_size is not None and step_batch_size < 1:
-        raise MethodSpecError(f"step_batch_size must be at least 1, got {step_batch_size}")
+        raise MethodError(f"step_batch_size must be at least 1, got {step_batch_size}")
     batches = as_batches(data)
     net = copy.deepcopy(model)
     sizes = {n: p.numel() for n, p in prunable_parameters(net).items()}
     keep = keep_count(sum(sizes.values()), density)
-    final = fixed_counts(allocation, net, density, batches, seed, input_shape)
+    final = allocation_counts(GLOBAL if allocation is None else allocation, net, density, batches, seed, input_shape)
     mask = Mask.dense(net)
     for step, scheduled in enumerate(step_densities(density, steps), start=1):
         context = ScoringContext(net, step_batches(batches, step_batch_size, step), seed, input_shape, mask)
@@ -216,7 +171,7 @@ def prune(
         zero_pruned(net, mask)
         if on_step is not None:
             on_step(step, mask)
-    return mask
+    return shuffle_mask(mask, seed) if variant == "shuffle" else mask
 
 
 def exclude_pruned(scores: Scores, mask: Mask, invert: bool = False) -> Scores:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .config import TrainConfig
-from .schema import ConfigError, from_dict, to_dict
+from .schema import from_dict, to_dict
 
 PAPER_CIFAR = {"epochs": 160, "batch_size": 128, "lr": 0.01, "schedule": "multistep", "milestones": [60, 120],
                "gamma": 0.2, "weight_decay": 5e-4}
@@ -89,12 +89,7 @@ def recipe(dataset: str, model: str) -> dict[str, Any]:
 def train_config(dataset: str, model: str, overrides: Mapping[str, Any] = (), where: str = "train") -> TrainConfig:
     """The recipe of a (dataset, model) pair with a config's overrides applied, validated."""
     merged = {**to_dict(TrainConfig()), **recipe(dataset, model), **dict(overrides)}
-    try:
-        return from_dict(TrainConfig, merged, where=f"{where} ({model}/{dataset})")
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"{where} ({model}/{dataset}): {error}") from None
+    return from_dict(TrainConfig, merged, where=f"{where} ({model}/{dataset})")
 
 
 def anchors(dataset: str, model: str) -> list[Anchor]:

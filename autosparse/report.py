@@ -14,8 +14,8 @@ from typing import Optional
 
 from .config import DEFAULT_INIT, TrainConfig
 from .errors import UserError
-from .matrix_cell import DENSE, CellSpec
-from .pruning import AUTOS
+from .matrix_cell import DENSE, CellSpec, label_method
+from .methods import Method
 from .recipes import anchors
 from .sparse_init import ORIGINAL
 from .storage import atomic_write, write_json
@@ -67,7 +67,8 @@ class CellRecord:
 
     @property
     def is_autos(self) -> bool:
-        return self.method.split(":")[0] == AUTOS
+        method = arm_method(self.method)
+        return method is not None and method.is_autos
 
     @property
     def is_control(self) -> bool:
@@ -134,9 +135,15 @@ def summarize(records: list[CellRecord]) -> list[Summary]:
     return summaries
 
 
+def arm_method(label: str) -> Optional[Method]:
+    """The method of a table row's label; None for the dense and IRP references."""
+    return None if label == IRP_LABEL else label_method(label)
+
+
 def _method_order(label: str) -> tuple:
-    base = label.split("+")[0]
-    rank = 0 if label == DENSE else 3 if base == IRP_LABEL else 2 if base.startswith(AUTOS) else 1
+    method = arm_method(label)
+    base = method.plain.label if method else label
+    rank = 0 if label == DENSE else 3 if label == IRP_LABEL else 2 if method.is_autos else 1
     return (rank, base, label)
 
 
@@ -243,7 +250,8 @@ def margins(summaries: list[Summary], records: list[CellRecord]) -> list[Margin]
     keyed = {(s.target, s.label, s.sparsity): s for s in summaries}
     out = []
     for s in summaries:
-        if not s.label.startswith(AUTOS) or "+" in s.label:
+        method = arm_method(s.label)
+        if method is None or not method.is_autos or method.variant:
             continue
         candidates = [keyed[(s.target, c, s.sparsity)] for c in controls
                       if (s.target, c, s.sparsity) in keyed and keyed[(s.target, c, s.sparsity)].init == s.init]

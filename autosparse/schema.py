@@ -88,6 +88,14 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+RESOURCE = {"resource": True}  # field metadata: where a job runs (workers, CPUs, GPUs), not what it computes
+
+
+def resource(default: Any) -> Any:
+    """A config field describing resources: left out of `non_default`, so of every hash."""
+    return dataclasses.field(default=default, metadata=RESOURCE)
+
+
 def _default_of(field: dataclasses.Field) -> Any:
     if field.default is not dataclasses.MISSING:
         return field.default
@@ -98,10 +106,13 @@ def _default_of(field: dataclasses.Field) -> Any:
 
 def non_default(obj: Any) -> Any:
     """Plain data keeping only the fields that differ from their defaults (recursively), as in
-    open_lth's hparams strings: a field added later with a default leaves existing hashes unchanged."""
+    open_lth's hparams strings: a field added later with a default leaves existing hashes unchanged. Resource
+    fields (`resource`) are left out: they change where a job runs, not its result, so never a hash."""
     if dataclasses.is_dataclass(obj):
         out = {}
         for f in dataclasses.fields(obj):
+            if f.metadata.get("resource"):
+                continue
             value, default = getattr(obj, f.name), _default_of(f)
             if default is not dataclasses.MISSING and to_dict(value) == to_dict(default):
                 continue
@@ -152,4 +163,4 @@ def check(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
-__all__ = ["ConfigError", "check_partial", "from_dict", "to_dict", "non_default", "canonical_json", "content_hash", "flatten", "set_dotted", "check"]
+__all__ = ["ConfigError", "check_partial", "resource", "from_dict", "to_dict", "non_default", "canonical_json", "content_hash", "flatten", "set_dotted", "check"]

@@ -22,7 +22,7 @@ from autosparse.config import ModelOnData
 from autosparse.connectivity import effective_mask
 from autosparse.data import load_dataset
 from autosparse.matrix_cell import CellSpec, cell_mask
-from autosparse.pruning import MethodSpec
+from autosparse.methods import Method
 from autosparse.recipes import train_config
 from autosparse.storage import atomic_write
 from validate_designs import fitted, leave_one_out_arguments, source_survival
@@ -57,9 +57,9 @@ def main() -> None:
             model, dataset_name = held.split("/")
             dataset = load_dataset(dataset_name)
             for design in DESIGNS:
-                method = MethodSpec.parse(design)
+                method = Method.parse(design)
                 scorer, allocator = fitted(held, others, Path(scratch), method.scorer_name,
-                                           method.allocation == "learned")
+                                           method.learned_allocation)
                 for sparsity in map(float, args.sparsities.split(",")):
                     for seed in map(int, args.seeds.split(",")):
                         spec = CellSpec(ModelOnData(model, dataset_name), design, sparsity, seed,

@@ -36,7 +36,7 @@ from autosparse.config import DEFAULT_INIT, IRPChainConfig, IRPConfig, ModelOnDa
 from autosparse.irp import run_irp
 from autosparse.layer_allocation import LEARNED
 from autosparse.matrix_cell import DENSE, CellSpec, cell_mask, run_cell
-from autosparse.pruning import MethodSpec
+from autosparse.methods import Method
 from autosparse.recipes import train_config
 from autosparse.report import CellRecord, ReportContext, irp_reference_records, write_report
 from autosparse.sparse_init import ORIGINAL
@@ -141,7 +141,7 @@ class DeepConvNet(nn.Module):
 
 ARCHITECTURES = {"deep_mlp": DeepMLP, "wide_shallow": WideShallow, "bn_convnet": BatchNormConvNet,
                  "depthwise_residual": DepthwiseResidual, "token_mlp": TokenMLP, "deep_conv": DeepConvNet}
-AUTOS = "autos:given@alloc:learned"  # the given scorer in its own steps, under the given allocator
+AUTOS = Method("autos:given", allocation=LEARNED).label  # the given scorer in its own steps, under the given allocator
 METHODS = [AUTOS, "snip", "synflow", "iter_snip", "autos:given@alloc:synflow", "synflow@alloc:learned"]
 IRP_FRACTION = 0.28
 
@@ -199,10 +199,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     seeds, sparsities = [int(s) for s in args.seeds.split(",")], [float(s) for s in args.sparsities.split(",")]
-    inits, methods = args.inits.split(","), [MethodSpec.parse(m) for m in args.methods.split(",")]
+    inits, methods = args.inits.split(","), [Method.parse(m) for m in args.methods.split(",")]
     if any(m.is_autos for m in methods) and not args.scorer:
         parser.error("--scorer: an autos method needs a scorer file")
-    if any(m.allocation == LEARNED for m in methods) and not args.allocator:
+    if any(m.learned_allocation for m in methods) and not args.allocator:
         parser.error("--allocator: an @alloc:learned method needs an allocator file")
     records, recipes, signals = [], {}, []
     for dataset_name in args.datasets.split(","):
@@ -211,8 +211,8 @@ def main() -> None:
             target, train = ModelOnData(model_name(name), dataset_name), train_config(dataset_name, name)
             recipes[f"{name}/{dataset_name}"] = train
             specs = [CellSpec(target, DENSE, 0.0, seed, train) for seed in seeds]
-            specs += [CellSpec(target, method, sparsity, seed, train, init=init) for init in inits
-                      for method in map(MethodSpec.label, methods) for sparsity in sparsities for seed in seeds]
+            specs += [CellSpec(target, method.plain.label, sparsity, seed, train, variant=method.variant, init=init)
+                      for init in inits for method in methods for sparsity in sparsities for seed in seeds]
             if args.signal_only:
                 text = f"### {name}/{dataset_name}, seeds {args.seeds}\n\n" + signal_table(
                     specs[len(seeds):], dataset, args.scorer, args.allocator)

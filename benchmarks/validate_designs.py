@@ -25,9 +25,9 @@ from autosparse.config import (TRANSFERABLE_FEATURES, AllocatorConfig, ModelOnDa
 from autosparse.data import load_dataset
 from autosparse.learned_allocation import fit_allocator
 from autosparse.matrix_cell import CellSpec, run_cell
+from autosparse.methods import Method
 from autosparse.orchestration.irp_stage import source_chains, survival_path
 from autosparse.orchestration.store import StageStore
-from autosparse.pruning import MethodSpec
 from autosparse.recipes import train_config
 from autosparse.report import CellRecord
 from autosparse.scorer import fit_scorer, scorer_from_fit
@@ -145,7 +145,7 @@ def main() -> None:
         parser.error(f"--inits: unknown sparse init {sorted(set(inits) - set(SPARSE_INITS))[0]!r}")
     torch.set_num_threads(1)
     pairs = source_pairs(args.config)
-    learned = any(MethodSpec.parse(d).is_autos or MethodSpec.parse(d).allocation == "learned" for d in designs)
+    learned = any(Method.parse(d).is_autos or Method.parse(d).learned_allocation for d in designs)
     chains = source_survival(args.config, args.workspace) if learned else {}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -163,9 +163,9 @@ def main() -> None:
                            if (design, held, sparsity, seed, init) not in done]
                 if not missing:
                     continue
-                method = MethodSpec.parse(design)
+                method = Method.parse(design)
                 scorer, allocator = fitted(held, others, Path(scratch), method.scorer_name,
-                                           method.allocation == "learned")
+                                           method.learned_allocation)
                 for sparsity, seed, init in missing:
                     spec = CellSpec(ModelOnData(model, dataset_name), design, sparsity, seed,
                                     train_config(dataset_name, model), init=init)

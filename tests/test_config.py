@@ -107,7 +107,10 @@ def test_unknown_top_level_and_nested_keys(tmp_path):
     ("matrix:\n  sparsities: [0.5, 1.5]\n", r"matrix\.sparsities: sparsity 1\.5 is outside \(0, 1\)"),
     ("matrix:\n  sparsities: [0]\n", r"matrix\.sparsities: sparsity 0\.0 is outside"),
     ("matrix:\n  sparsities: []\n", r"matrix\.sparsities: must not be empty"),
-    ("irp:\n  allocation: rows\n", r"irp\.allocation: 'rows' is not one of 'global', 'uniform'"),
+    ("irp:\n  allocation: rows\n", r"irp\.allocation: unknown allocation 'rows' for IRP \(known: global, erk,"),
+    ("irp:\n  allocation: learned\n", r"irp\.allocation: unknown allocation 'learned' for IRP"),
+    ("irp:\n  trained_criterion: weight\n", r"irp\.trained_criterion: unknown pruning criterion 'weight' \(known:"),
+    ("matrix:\n  variants: [flip]\n", r"matrix\.variants: unknown sanity variant 'flip' \(known: shuffle, invert,"),
     ("matrix:\n  seeds: [1, 1]\n", r"matrix\.seeds: must be distinct"),
     ("matrix:\n  methods: []\n", r"matrix\.methods: must not be empty"),
     ("matrix:\n  targets: [{model: mlp}]\n", r"matrix\.targets\[0\]: missing key 'dataset'"),
@@ -263,3 +266,32 @@ def test_non_default_keeps_only_changed_fields():
     assert kept["irp"] == {"rounds": 3, "prune_fraction": 0.5, "train": {"epochs": 1, "batch_size": 128}}
     assert "data" not in kept  # untouched
     assert non_default(TrainConfig(lr=0.1)) == {"lr": 0.1}
+
+
+RESOURCES = ["irp.num_workers=4", "irp.cpus_per_worker=8", "irp.use_gpu=true", "matrix.workers_per_run=2",
+             "matrix.cpus_per_cell=4", "matrix.gpus_per_cell=1"]
+
+
+def test_resources_enter_no_hash():
+    from autosparse.orchestration.pipeline import Pipeline, pipeline_hash
+
+    def digests(overrides):
+        config = load_config("smoke", overrides)
+        planned = Pipeline(config, "unused").jobs
+        return pipeline_hash(config), {kind: [job.digest for job in jobs] for kind, jobs in planned.items()}
+
+    plain = digests([])
+    assert digests(RESOURCES) == plain
+    assert non_default(load_config("smoke", RESOURCES).irp) == non_default(load_config("smoke").irp)
+    changed = digests(["irp.rounds=4"])  # an identity field: every chain, and what reads them, moves
+    assert changed[0] != plain[0] and not set(changed[1]["irp"]) & set(plain[1]["irp"])
+
+
+def test_the_allocator_hash_carries_its_fit_version():
+    from autosparse.learned_allocation import FIT_VERSION
+    from autosparse.orchestration.allocator_stage import allocator_for
+
+    config = load_config("smoke")
+    job = allocator_for(config, config.matrix.targets[0])
+    assert job.extras == {"fit_version": FIT_VERSION}
+    assert dataclasses.replace(job, extras={"fit_version": FIT_VERSION + 1}).digest != job.digest

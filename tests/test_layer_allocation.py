@@ -11,7 +11,7 @@ import autosparse
 from autosparse import UserError, prunable_parameters
 from autosparse.layer_allocation import (SHAPE_ALLOCATIONS, DensityError, counts_from_densities, erk_densities,
                                          global_counts, keep_count, step_counts, top_k_within_layers)
-from autosparse.pruning import check_allocation_name
+from autosparse.methods import check_allocation_name
 
 
 def select_top_k(scores, density, allocation="global"):

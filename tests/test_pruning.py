@@ -12,7 +12,7 @@ from torch import nn
 import autosparse
 from autosparse import UserError
 from autosparse.layer_allocation import counts_of, global_counts, keep_count, step_counts, top_k_within_layers
-from autosparse.pruning import MethodSpec, step_batches, step_densities
+from autosparse.pruning import step_batches, step_densities
 
 
 def small_net(seed: int = 0) -> nn.Sequential:
@@ -145,37 +145,6 @@ def test_a_function_can_be_the_allocation():
 
     mask = autosparse.prune(small_net(), 1 - 51 / TOTAL, "snip", data(), allocation=first_layer_heavy)
     assert counts_of(mask) == {"0.weight": 40, "2.weight": 10, "4.weight": 1}
-
-
-@pytest.mark.parametrize("text,expected", [
-    ("snip", MethodSpec("snip", None, "global")),
-    ("snip/iter20", MethodSpec("snip", 20, "global")),
-    ("snip/iter20@alloc:synflow", MethodSpec("snip", 20, "synflow")),
-    ("random@alloc:erk", MethodSpec("random", None, "erk")),
-    ("autos:conditional/iter10@alloc:learned", MethodSpec("autos:conditional", 10, "learned")),
-])
-def test_method_strings_parse_and_print_back(text, expected):
-    spec = MethodSpec.parse(text)
-    assert spec == expected and spec.label() == text
-    assert spec.is_autos == text.startswith("autos:")
-    assert spec.scorer_name == ("conditional" if spec.is_autos else None)
-
-
-@pytest.mark.parametrize("text,match", [("snip/iter0", "at least 1"), ("snip@alloc", "does not look like"),
-                                         ("sn ip", "does not look like"), ("", "does not look like")])
-def test_bad_method_strings_are_user_errors(text, match):
-    with pytest.raises(UserError, match=match):
-        MethodSpec.parse(text)
-
-
-def test_method_names_are_checked():
-    MethodSpec.parse("snip/iter5@alloc:erk").validate()
-    with pytest.raises(UserError, match="unknown pruning criterion 'snap'"):
-        MethodSpec.parse("snap").validate()
-    with pytest.raises(UserError, match="unknown allocation 'wide'"):
-        MethodSpec.parse("snip@alloc:wide").validate()
-    with pytest.raises(UserError, match="no scorer named 'x'"):
-        MethodSpec.parse("autos:x").validate(["paper"])
 
 
 def test_learned_allocation_needs_an_allocator():

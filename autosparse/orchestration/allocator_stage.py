@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Mapping
 
 from ..config import AllocatorConfig, DataConfig, ModelOnData, PipelineConfig
-from ..layer_allocation import LEARNED
-from ..learned_allocation import fit_allocator
-from ..pruning import MethodSpec
+from ..learned_allocation import FIT_VERSION, fit_allocator
+from ..methods import Method
 from ..survival import read_survival
 from .irp_stage import chains_for, survival_path
 from .scorer_stage import learned_from
@@ -23,11 +22,12 @@ def allocator_for(config: PipelineConfig, target: ModelOnData) -> Job:
     """The allocator job a target's `@alloc:learned` cells use."""
     chains = chains_for(config, target)
     return Job("allocator", config.allocator, tuple(c.digest for c in chains),
-               f"allocator@{'+'.join(c.config.pair for c in chains)}", {}, learned_from(chains))
+               f"allocator@{'+'.join(c.config.pair for c in chains)}", {"fit_version": FIT_VERSION},
+               learned_from(chains))
 
 
 def uses_learned_allocation(config: PipelineConfig) -> bool:
-    return any(MethodSpec.parse(m).allocation == LEARNED for m in config.matrix.methods)
+    return any(Method.parse(m).learned_allocation for m in config.matrix.methods)
 
 
 @register_stage("allocator", AllocatorConfig, needs=("irp",), verb="fit-allocator",

@@ -12,10 +12,9 @@ import torch
 from ..config import DataConfig, ModelOnData, PipelineConfig
 from ..criteria import CRITERIA
 from ..data import load_dataset
-from ..layer_allocation import LEARNED
 from ..masks import Mask, broadcast_mask
 from ..matrix_cell import DENSE, CellSpec, run_cell
-from ..pruning import AUTOS, MethodSpec
+from ..methods import Method
 from ..recipes import train_config
 from ..schema import from_dict, to_dict
 from ..training import Shard
@@ -37,22 +36,15 @@ def criterion_facts(name: str) -> dict:
     return {"default_steps": criterion.default_steps, **({"constants": criterion.constants} if criterion.constants else {})}
 
 
-def method_facts(method: MethodSpec) -> dict:
-    facts = {"criterion": criterion_facts(method.criterion), "allocation": criterion_facts(method.allocation)}
+def method_facts(method: Method) -> dict:
+    facts = {"criterion": criterion_facts(method.scores), "allocation": criterion_facts(method.allocation)}
     return {k: v for k, v in facts.items() if v}
 
 
-def selected(method: MethodSpec, names: Optional[list[str]]) -> bool:
-    """Whether a method list such as `variant_methods` names `method` (None names every method)."""
-    if names is None:
-        return True
-    return method.label() in names or method.criterion in names or (method.is_autos and AUTOS in names)
-
-
 def cell_job(spec: CellSpec, inputs: tuple[str, ...], extras: dict) -> Job:
-    method = MethodSpec.parse(spec.method) if spec.method != DENSE else None
+    method = spec.pruning
     tags = {"target.model": spec.target.model, "target.dataset": spec.target.dataset, "method": spec.method,
-            "criterion": method.criterion.split(":")[0] if method else DENSE,
+            "criterion": method.criterion if method else DENSE,
             "scorer.name": method.scorer_name if method else None, "allocation": method.allocation if method else None,
             "label": spec.label, "variant": spec.variant, "init": spec.init, "sparsity": spec.sparsity,
             "seed": spec.seed}
@@ -70,16 +62,17 @@ def target_cells(config: PipelineConfig, target: ModelOnData) -> list[Job]:
         if matrix.dense_reference:
             jobs.append(cell_job(CellSpec(method=DENSE, sparsity=0.0, init=matrix.init, **common), (), {}))
         for text in matrix.methods:
-            method = MethodSpec.parse(text)
+            method = Method.parse(text)
             scorer = scorer_for(config, method.scorer_name, target) if method.is_autos else None
-            allocator = allocator_for(config, target) if method.allocation == LEARNED else None
+            allocator = allocator_for(config, target) if method.learned_allocation else None
             inputs = tuple(job.digest for job in (scorer, allocator) if job is not None)
             refs = dict(scorer=scorer.digest if scorer else None, allocator=allocator.digest if allocator else None)
-            variants = [None] + (list(matrix.variants) if selected(method, matrix.variant_methods) else [])
-            inits = list(matrix.compare_inits) if selected(method, matrix.compare_init_methods) else []
-            for variant, init in [(v, matrix.init) for v in variants] + [(None, i) for i in inits]:
+            variants = [method.variant] if method.variant else \
+                [None] + (list(matrix.variants) if method.selected_by(matrix.variant_methods) else [])
+            inits = list(matrix.compare_inits) if method.selected_by(matrix.compare_init_methods) else []
+            for variant, init in [(v, matrix.init) for v in variants] + [(method.variant, i) for i in inits]:
                 for sparsity in matrix.sparsities:
-                    spec = CellSpec(method=method.label(), sparsity=sparsity, variant=variant, init=init, **refs,
+                    spec = CellSpec(method=method.plain.label, sparsity=sparsity, variant=variant, init=init, **refs,
                                     **common)
                     jobs.append(cell_job(spec, inputs, method_facts(method)))
     return jobs

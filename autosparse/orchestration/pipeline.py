@@ -11,7 +11,8 @@ from ..data import DATASETS
 from ..data.embedded import EMBEDDED
 from ..features import FEATURES
 from ..models import resolve_factory
-from ..pruning import MethodSpec
+from ..errors import UserError
+from ..methods import Method
 from ..schema import ConfigError, content_hash, non_default
 from ..scorer import SCORER_NETWORKS
 from .runtime import RunOptions
@@ -42,16 +43,18 @@ def validate_names(config: PipelineConfig) -> None:
         resolve_factory(pair.model)
         DATASETS.get(pair.dataset)
     scorer_names = [s.name for s in config.scorers]
+    methods = []
     for index, text in enumerate(config.matrix.methods):
         try:
-            MethodSpec.parse(text).validate(scorer_names)
-        except Exception as error:
+            methods.append(Method.parse(text))
+            methods[-1].validate(scorer_names)
+        except UserError as error:
             raise ConfigError(f"matrix.methods[{index}]: {error}") from None
-    labels = {MethodSpec.parse(m).label() for m in config.matrix.methods} | {m.split(":")[0] for m in config.matrix.methods}
     for key in ("variant_methods", "compare_init_methods"):
-        for method in getattr(config.matrix, key) or []:
-            if method not in labels:
-                raise ConfigError(f"matrix.{key}: {method!r} is not one of matrix.methods (or 'autos')")
+        for name in getattr(config.matrix, key) or []:
+            if not any(method.selected_by([name]) for method in methods):
+                raise ConfigError(f"matrix.{key}: {name!r} is not one of matrix.methods (or their criterion, "
+                                  "or 'autos')")
     for name in config.irp.features:
         FEATURES.get(name)
     for scorer in config.scorers:

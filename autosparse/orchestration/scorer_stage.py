@@ -11,7 +11,7 @@ from typing import Mapping
 
 from ..config import DataConfig, PipelineConfig, ScorerConfig
 from ..features import feature_versions
-from ..pruning import MethodSpec
+from ..methods import Method
 from ..schema import ConfigError, to_dict
 from ..scorer import fit_scorer, scorer_from_fit
 from ..scorer.fit import FIT_VERSION
@@ -49,7 +49,7 @@ def scorer_for(config: PipelineConfig, name: str, target) -> Job:
 
 
 def autos_targets(config: PipelineConfig, name: str) -> list:
-    used = any(MethodSpec.parse(m).scorer_name == name for m in config.matrix.methods)
+    used = any(Method.parse(m).scorer_name == name for m in config.matrix.methods)
     return list(config.matrix.targets) if used else []
 
 

@@ -139,7 +139,9 @@ class Tracker:
         self.uri = uri
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
+        from sqlalchemy.exc import SQLAlchemyError
 
         if artifact_root:
             relocate_artifacts(uri, artifact_root)
@@ -148,7 +150,7 @@ class Tracker:
             found = self.client.get_experiment_by_name(experiment)
             self.experiment_id = found.experiment_id if found else self.client.create_experiment(
                 experiment, artifact_location=artifact_root)
-        except Exception as error:  # every backend raises its own connection error type
+        except (MlflowException, OSError, SQLAlchemyError) as error:  # the REST, file and SQL stores' failures
             full = storage_error(error, uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
             raise full or TrackingUnavailableError(f"cannot use MLflow at {uri!r}: {str(error).splitlines()[0][:200]}") from None
         if description:

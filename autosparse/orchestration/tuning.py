@@ -7,21 +7,24 @@ from __future__ import annotations
 
 import functools
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import yaml
 
-from ..config import PipelineConfig, TuneSpace
+from ..config import DataConfig, PipelineConfig, TuneSpace
+from ..matrix_cell import CellSpec
+from ..methods import AUTOS, Method
+from ..recipes import train_config
 from ..schema import ConfigError, content_hash, from_dict, non_default, to_dict
 from ..storage import atomic_write
 from ..survival import read_survival
-from .irp_stage import ensure_chains, reference_chains, source_chains, survival_path
-from .runtime import RunOptions, init_ray
-from .stage import Runner
+from .irp_stage import reference_chains, source_chains, survival_path
+from .pipeline import Pipeline
+from .runtime import RunOptions
 from .store import StageStore
-from .tracking import ARTIFACTS_FOLDER, TrackedRun, Tracker, default_tracking_uri, params_of
+from .tracking import ARTIFACTS_FOLDER, TrackedRun, Tracker, params_of
 
 BEST_CONFIG_FILE = "best_scorer.yaml"
 BEST_SCORER_FILE = "best_scorer.safetensors"
@@ -51,11 +54,23 @@ def read_chains(workspace: str, digests: list[str]) -> list:
     return [read_survival(survival_path(store, digest)) for digest in digests]
 
 
+def downstream_cell(base: PipelineConfig, space: TuneSpace) -> CellSpec:
+    """The cell a downstream trial trains: the base config's first target and seed under its recipe (cut to
+    `downstream_epochs`), scoring batch and sparse init, pruned by the trial's scorer at `downstream_sparsity`."""
+    target = base.matrix.targets[0]
+    train = replace(train_config(target.dataset, target.model, base.matrix.train, "matrix.train"),
+                    epochs=space.downstream_epochs)
+    method = Method(f"{AUTOS}:{space.resolve({}).name}", allocation=space.downstream_allocation)
+    return CellSpec(target, method.label, space.downstream_sparsity, base.matrix.seeds[0], train,
+                    score_batch_size=base.data.score_batch_size, init=base.matrix.init)
+
+
 def scorer_trial(config: dict, space_data: dict, workspace: str, sources: list[str], held_out: list[str],
                  downstream: dict) -> None:
     """One Tune trial: fit a scorer, reporting held-out proxy metrics every epoch (or downstream accuracy).
 
-    `sources` and `held_out` are IRP stage hashes in `workspace`."""
+    `sources` and `held_out` are IRP stage hashes in `workspace`; `downstream` the cell (`downstream_cell`)
+    and the data settings of the downstream objective."""
     from ray import tune
 
     from ..scorer import fit_scorer
@@ -69,25 +84,20 @@ def scorer_trial(config: dict, space_data: dict, workspace: str, sources: list[s
                    on_epoch=lambda epoch, metrics: tune.report(metrics))
         return
     tune.report({"downstream_accuracy": downstream_accuracy(fit_scorer(datasets, scorer_config), scorer_config,
-                                                            space, downstream)})
+                                                            from_dict(CellSpec, downstream["cell"]),
+                                                            from_dict(DataConfig, downstream["data"]))})
 
 
-def downstream_accuracy(result, scorer_config, space: TuneSpace, downstream: dict) -> float:
-    """Prune the base config's first target with the fitted scorer and train it briefly."""
-    from ..config import ModelOnData, TrainConfig
+def downstream_accuracy(result, scorer_config, spec: CellSpec, data: DataConfig) -> float:
+    """Prune and train the downstream cell with the fitted scorer; its test accuracy."""
     from ..data import load_dataset
-    from ..matrix_cell import CellSpec, run_cell
-    from ..pruning import MethodSpec
+    from ..matrix_cell import run_cell
     from ..scorer import scorer_from_fit
 
-    target = ModelOnData(**downstream["target"])
-    train = from_dict(TrainConfig, {**downstream["train"], "epochs": space.downstream_epochs})
-    method = MethodSpec(f"autos:{scorer_config.name}", None, space.downstream_allocation).label()
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "scorer.safetensors"
         scorer_from_fit(result, scorer_config, {}).save(path)
-        spec = CellSpec(target=target, method=method, sparsity=space.downstream_sparsity, seed=0, train=train)
-        dataset = load_dataset(target.dataset, downstream["data_root"], downstream["download"])
+        dataset = load_dataset(spec.target.dataset, data.data_root, data.download)
         return run_cell(spec, dataset, path)["test_accuracy"]
 
 
@@ -108,7 +118,6 @@ def run_tuning(request: TuneRequest) -> TuneResult:
     from ray.tune.schedulers import ASHAScheduler
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-    from ..recipes import train_config
     from ..scorer import fit_scorer, scorer_from_fit
 
     space, base, options = request.space, request.base, request.options
@@ -122,25 +131,21 @@ def run_tuning(request: TuneRequest) -> TuneResult:
     if space.objective == "proxy" and not references:
         raise ConfigError(f"{base.name}: the proxy objective needs held-out survival data: "
                           "set matrix.irp_reference: true (target IRP chains)")
-    store = StageStore(request.workspace)
+    pipeline = Pipeline(base, request.workspace, options)
+    pipeline.run(through="irp")  # the base config's chains, as `autosparse irp BASE` runs and tracks them
+    store, uri = pipeline.store, pipeline.tracking_uri
     digest = content_hash({"space": non_default(space), "base": non_default(base)})
-    uri = options.tracking_uri or default_tracking_uri(store.local)
     experiment = f"autosparse-tune-{base.name}"
     tracker = Tracker(uri, experiment, digest, params_of(space), {"pipeline.name": base.name,
                                                                   "tune.space": request.space_path},
                       artifact_root=store.uri(ARTIFACTS_FOLDER))
     status = "FAILED"
     try:
-        runner = Runner(store, base.data, base, lambda: init_ray(options.ray_address, verbose=options.verbose),
-                        progress=options.progress, tracker=tracker)
-        ensure_chains(sources + references, runner)
-        runner.ensure_ray()
+        pipeline.ensure_ray()
         name = f"tune-{digest}"
         folder = store.local / "tune" / name
         search_path = store.path("tune", name)
-        first = base.matrix.targets[0]
-        downstream = {"target": to_dict(first), "data_root": base.data.data_root, "download": base.data.download,
-                      "train": to_dict(train_config(first.dataset, first.model, base.matrix.train, "matrix.train"))}
+        downstream = {"cell": to_dict(downstream_cell(base, space)), "data": to_dict(base.data)}
         trainable = tune.with_resources(
             functools.partial(scorer_trial, space_data=to_dict(space), workspace=store.location,
                               sources=[j.digest for j in sources], held_out=[j.digest for j in references],

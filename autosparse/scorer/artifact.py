@@ -14,6 +14,7 @@ from ..criteria import ScoringContext, Scores
 from ..errors import UserError
 from ..features import FEATURES, compute_features
 from ..masks import prunable_parameters
+from ..methods import LEARNED_FILES
 from ..storage import load_network_file, save_network_file
 from .fit import FitResult, Normalization, predict
 from .networks import SCORER_NETWORKS
@@ -28,7 +29,8 @@ class ScorerFormatError(UserError):
 
 @dataclass
 class Scorer:
-    """A fitted scorer: computes the target model's init features and predicts survival scores."""
+    """A fitted scorer (a `ScoringPlugin`): computes the target model's init features and predicts survival
+    scores."""
 
     network: nn.Module
     normalization: Normalization
@@ -80,6 +82,7 @@ def scorer_from_fit(result: FitResult, config: ScorerConfig, extra: dict[str, An
     return Scorer(result.network, result.normalization, header)
 
 
+@LEARNED_FILES.register("scorer")
 def load_scorer(path: str | os.PathLike) -> Scorer:
     """Load and validate a scorer file; clear errors for foreign, truncated or incompatible files."""
     header, state, mean, std = load_network_file(path, ScorerFormatError, FORMAT, FORMAT_VERSION, "scorer")

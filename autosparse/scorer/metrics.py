@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 
 import torch
-from scipy.stats import spearmanr
 from torch import Tensor
 
 IOU_DENSITIES = (0.05, 0.02, 0.01)
@@ -21,6 +20,8 @@ IOU_DENSITIES = (0.05, 0.02, 0.01)
 
 def spearman(predicted: Tensor, survival: Tensor) -> float:
     """Spearman rank correlation (ties get average ranks)."""
+    from scipy.stats import spearmanr  # scipy takes a second to import: only fitting needs it
+
     value = spearmanr(predicted.double().numpy(), survival.double().numpy()).statistic
     return float(value) if math.isfinite(value) else 0.0
 

@@ -45,9 +45,10 @@ Factors = Callable[[Tensor, Tensor], Tensor]
 @dataclass(frozen=True)
 class SparseInit:
     """`factors(weight, kept)`: the factor of every weight of one layer; `calibrates`: whether the layers are
-    then calibrated on a batch against the dense network (`calibrate`)."""
+    then calibrated on a batch against the dense network (`calibrate`); `description`: one line for reports."""
 
     factors: Factors
+    description: str
     calibrates: bool = False
 
 
@@ -78,10 +79,14 @@ def unit_fan_in(weight: Tensor, kept: Tensor) -> Tensor:
     return factor.view(-1, *([1] * (weight.dim() - 1))).expand_as(weight)
 
 
-SPARSE_INITS.register(ORIGINAL)(SparseInit(original))
-SPARSE_INITS.register("layer_variance")(SparseInit(layer_variance))
-SPARSE_INITS.register("unit_fan_in")(SparseInit(unit_fan_in))
-SPARSE_INITS.register("calibrated")(SparseInit(unit_fan_in, calibrates=True))
+SPARSE_INITS.register(ORIGINAL)(SparseInit(original, "kept weights keep their dense initial values"))
+SPARSE_INITS.register("layer_variance")(SparseInit(
+    layer_variance, "kept weights rescaled to each layer's dense squared norm"))
+SPARSE_INITS.register("unit_fan_in")(SparseInit(
+    unit_fan_in, "kept weights rescaled to each unit's dense squared norm (Evci et al. 2022)"))
+SPARSE_INITS.register("calibrated")(SparseInit(
+    unit_fan_in, "unit_fan_in, then each layer's output spread on the scoring batch matched to the dense "
+    "network's", calibrates=True))
 
 
 def kept_weight_factors(weight: Tensor, kept: Tensor, init: str) -> Tensor:

@@ -17,10 +17,10 @@ from .errors import UserError
 from .matrix_cell import DENSE, CellSpec, label_method
 from .methods import Method
 from .recipes import anchors
-from .sparse_init import ORIGINAL
+from .sparse_init import ORIGINAL, SPARSE_INITS
 from .storage import atomic_write, write_json
 
-IRP_LABEL = "irp (reference)"
+IRP_LABEL = "irp"  # the target's own IRP chain, at the round closest to each sparsity
 RECORDS_FILE = "records.json"
 ANCHOR_TOLERANCE = 3.0  # points a dense reference may fall short of its published anchor
 NO_PROGRESS = 0.9  # final training loss at or above this share of the initial loss: did not train
@@ -140,7 +140,7 @@ def arm_method(label: str) -> Optional[Method]:
     return None if label == IRP_LABEL else label_method(label)
 
 
-def _method_order(label: str) -> tuple:
+def method_order(label: str) -> tuple:
     method = arm_method(label)
     base = method.plain.label if method else label
     rank = 0 if label == DENSE else 3 if label == IRP_LABEL else 2 if method.is_autos else 1
@@ -171,7 +171,7 @@ def markdown_table(summaries: list[Summary]) -> str:
             out.write(f"{note}\n\n")
         out.write("| method | " + " | ".join(f"{s:.0%} sparse" for s in sparsities) + " |\n")
         out.write("|---|" + "---|" * len(sparsities) + "\n")
-        for label in sorted({s.label for s in rows}, key=_method_order):
+        for label in sorted({s.label for s in rows}, key=method_order):
             cells = []
             for sparsity in sparsities:
                 match = [s for s in rows if s.label == label and (s.sparsity == sparsity or label == DENSE)]
@@ -191,7 +191,7 @@ def markdown_table(summaries: list[Summary]) -> str:
 
 
 def _cell_text(s: Summary) -> str:
-    text = f"{100 * s.mean:.1f} ± {100 * s.std:.1f}"
+    text = f"{100 * s.mean:.1f} ± {100 * s.std:.1f}" if s.seeds > 1 else f"{100 * s.mean:.1f}"
     if s.irp_density is not None:
         text += f" (at {1 - s.irp_density:.1%})"
     if s.collapsed:
@@ -283,7 +283,7 @@ def untrained_table(records: list[CellRecord]) -> str:
     if not cells:
         return ""
     lines = ["| method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |", "|---|" + "---|" * len(sparsities)]
-    for label in sorted({r.label for r in cells}, key=_method_order):
+    for label in sorted({r.label for r in cells}, key=method_order):
         counts = []
         for sparsity in sparsities:
             group = [r for r in cells if r.label == label and r.sparsity == sparsity]
@@ -296,12 +296,9 @@ def untrained_table(records: list[CellRecord]) -> str:
 
 def init_note(records: list[CellRecord]) -> str:
     inits = sorted({r.init for r in records if r.method not in (DENSE, "irp")})
-    described = {ORIGINAL: "kept weights keep their dense initial values",
-                 "layer_variance": "kept weights rescaled to each layer's dense squared norm",
-                 "unit_fan_in": "kept weights rescaled to each unit's dense squared norm (Evci et al. 2022)"}
     return "Sparse init (autosparse/sparse_init.py): " + "; ".join(
         f"`{name}`{' (rows marked init:' + name + ')' if name != DEFAULT_INIT else ''}: "
-        f"{described.get(name, 'a registered sparse init')}" for name in inits) + "."
+        f"{SPARSE_INITS.get(name).description}" for name in inits) + "."
 
 
 def recipe_text(context: ReportContext, records: list[CellRecord]) -> str:
@@ -328,104 +325,31 @@ def csv_text(records: list[CellRecord]) -> str:
     return out.getvalue()
 
 
-def metric_key(*parts: object) -> str:
-    """An MLflow metric name from parts (characters MLflow rejects become '_')."""
-    return re.sub(r"[^\w.\-/ :]", "_", ".".join(str(p) for p in parts))
+LABEL_IN_METRIC_NAMES = {"@": " at ", "+": " plus "}  # a label's characters that MLflow rejects in a metric name
+
+
+def metric_key(stat: str, target: str, label: str, sparsity: float) -> str:
+    """The parent run's metric for one arm: `<stat>.<target>.<label>.<sparsity>`, the label spelled with `@` as
+    ` at ` and `+` as ` plus ` (`snip/iter20@alloc:synflow+shuffle` -> `snip/iter20 at alloc:synflow plus
+    shuffle`); any other character MLflow rejects becomes `_`."""
+    for character, spelling in LABEL_IN_METRIC_NAMES.items():
+        label = label.replace(character, spelling)
+    return re.sub(r"[^\w.\-/ :]", "_", f"{stat}.{target}.{label}.{sparsity}")
 
 
 def summary_metrics(records: list[CellRecord]) -> dict[str, float]:
-    """The pipeline's summary as metrics: mean and std per (target, method, sparsity), AutoS margins."""
+    """The pipeline's summary as metrics: the mean per (target, method, sparsity), AutoS's margins over the best
+    control and to IRP (the stds are in the report: fewer metrics keep the UI's column and sort pickers short)."""
     summaries = summarize(records)
     metrics = {}
     for s in summaries:
-        sparsity = 0 if s.label == DENSE else s.sparsity
-        metrics[metric_key("mean", s.target, s.label, sparsity)] = s.mean
-        metrics[metric_key("std", s.target, s.label, sparsity)] = s.std
+        metrics[metric_key("mean", s.target, s.label, 0 if s.label == DENSE else s.sparsity)] = s.mean
     for m in margins(summaries, records):
         if m.best:
             metrics[metric_key("autos_minus_best_control", m.target, m.label, m.sparsity)] = m.over_best
         if m.irp:
             metrics[metric_key("autos_minus_irp", m.target, m.label, m.sparsity)] = m.to_irp
     return metrics
-
-
-def write_plots(records: list[CellRecord], summaries: list[Summary], folder: Path) -> list[Path]:
-    """Accuracy vs sparsity per target, per-layer densities per method, and the AutoS margin heatmap."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    paths = []
-    targets = sorted({s.target for s in summaries})
-    fig, axes = plt.subplots(1, len(targets), figsize=(5.5 * len(targets), 4.2), squeeze=False)
-    for ax, target in zip(axes[0], targets):
-        rows = [s for s in summaries if s.target == target]
-        for label in sorted({s.label for s in rows}, key=_method_order):
-            points = sorted((s.sparsity, s.mean, s.std) for s in rows if s.label == label)
-            if label == DENSE:
-                ax.axhline(points[0][1], color="black", linestyle=":", label="dense")
-                continue
-            xs, ys, es = zip(*points)
-            style = dict(linewidth=2.5, color="black") if label == IRP_LABEL else {}
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label,
-                        linestyle="--" if "+" in label else "-", **style)
-        ax.set_xscale("logit")
-        ticks = sorted({s.sparsity for s in rows if s.label != DENSE})
-        ax.set_xticks(ticks, [f"{t:.0%}" for t in ticks])
-        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        ax.set_title(target)
-        ax.set_xlabel("sparsity")
-        ax.set_ylabel("test accuracy")
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    paths.append(_save(fig, folder / "accuracy_vs_sparsity.png"))
-
-    pruned = [r for r in records if r.layer_densities and r.method != "irp"]
-    if pruned:
-        top = max(r.sparsity for r in pruned)
-        fig, axes = plt.subplots(1, len(targets), figsize=(5.5 * len(targets), 4.2), squeeze=False)
-        for ax, target in zip(axes[0], targets):
-            chosen = {r.label: r for r in pruned if r.target == target and r.sparsity == top and "+" not in r.label}
-            for label, record in sorted(chosen.items()):
-                ax.plot(range(len(record.layer_densities)), list(record.layer_densities.values()), marker="o",
-                        label=label)
-            ax.set_yscale("log")
-            ax.set_title(f"{target}: layer densities at {top:.0%} sparsity")
-            ax.set_xlabel("prunable layer (input to output)")
-            ax.set_ylabel("density")
-            ax.grid(alpha=0.3)
-        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-        paths.append(_save(fig, folder / "layer_densities.png"))
-
-    items = [m for m in margins(summaries, records) if m.best]
-    if items:
-        rows = sorted({m.label for m in items})
-        cols = sorted({(m.target, m.sparsity) for m in items})
-        keyed = {(m.label, m.target, m.sparsity): 100 * m.over_best for m in items}
-        values = [[keyed.get((r, *c), math.nan) for c in cols] for r in rows]
-        fig, ax = plt.subplots(figsize=(1.3 * len(cols) + 4, 0.7 * len(rows) + 2.5))
-        limit = max(1.0, max(abs(v) for row in values for v in row if not math.isnan(v)))
-        image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
-        ax.set_xticks(range(len(cols)), [f"{t} {s:.0%}" for t, s in cols], rotation=40, ha="right")
-        ax.set_yticks(range(len(rows)), rows)
-        for i, row in enumerate(values):
-            for j, value in enumerate(row):
-                ax.text(j, i, "" if math.isnan(value) else f"{value:+.1f}", ha="center", va="center", fontsize=8)
-        fig.colorbar(image, label="AutoS - best control (accuracy points)")
-        ax.set_title("AutoS minus the best PaI control")
-        paths.append(_save(fig, folder / "autos_margin_heatmap.png"))
-    return paths
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
-    return path
 
 
 def flag_lists(records: list[CellRecord]) -> str:
@@ -464,7 +388,8 @@ def write_report(records: list[CellRecord], folder: Path, title: str,
     context = context or ReportContext()
     summaries = summarize(records)
     table = markdown_table(summaries)
-    margin = margin_table(margins(summaries, records))
+    items = margins(summaries, records)
+    margin = margin_table(items)
     sources = "".join(f"- {label} on {target} learned from: {', '.join(pairs)}\n"
                       for (target, label), pairs in sorted(context.sources.items()))
     failures = untrained_table(records)
@@ -478,7 +403,10 @@ def write_report(records: list[CellRecord], folder: Path, title: str,
     write_json(folder / RECORDS_FILE, {"records": [asdict(r) for r in records],
                                        "context": {"recipes": {k: asdict(v) for k, v in context.recipes.items()},
                                                    "sources": [[t, m, p] for (t, m), p in context.sources.items()]}})
-    files = [folder / "report.md", folder / "results.csv", folder / RECORDS_FILE, *write_plots(records, summaries, folder)]
+    from .report_plots import write_plots  # matplotlib, and the plots read this module's types
+
+    plotted = write_plots(records, summaries, [m for m in items if m.best], folder)
+    files = [folder / "report.md", folder / "results.csv", folder / RECORDS_FILE, *plotted]
     return table + ("\n" + margin if margin else ""), files
 
 

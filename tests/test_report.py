@@ -34,8 +34,8 @@ def test_table_marks_collapsed_and_untrained_cells_apart():
                record(label="random", accuracy=0.1, final=2.3)]
     table = markdown_table(summarize(records))
     assert "| snip | 85.0 ± 7.1 |" in table  # mean ± sample std of 90 and 80
-    assert f"| magnitude | 10.0 ± 0.0 {FLAG_COLLAPSED}1 |" in table
-    assert f"| random | 10.0 ± 0.0 {FLAG_UNTRAINED}1 σ5e-01 |" in table
+    assert f"| magnitude | 10.0 {FLAG_COLLAPSED}1 |" in table  # one seed: no std
+    assert f"| random | 10.0 {FLAG_UNTRAINED}1 σ5e-01 |" in table
 
 
 def test_dense_reference_beside_its_anchor_and_marked_when_short():
@@ -64,8 +64,16 @@ def test_autos_margin_over_the_best_control_and_gap_to_irp():
     assert margin.best.label == "synflow"
     assert margin.over_best == pytest.approx(0.03) and margin.to_irp == pytest.approx(-0.09)
     metrics = summary_metrics(records)
-    assert metrics["autos_minus_best_control.mlp/digits.autos:c_alloc:learned.0.9"] == pytest.approx(0.03)
+    assert metrics["autos_minus_best_control.mlp/digits.autos:c at alloc:learned.0.9"] == pytest.approx(0.03)
     assert metrics["mean.mlp/digits.snip.0.9"] == pytest.approx(0.8)
+
+
+def test_summary_metrics_are_named_from_the_label():
+    records = [record(label="snip/iter20@alloc:synflow+shuffle", variant="shuffle", seed=0, accuracy=0.8),
+               record(label="snip/iter20@alloc:synflow+shuffle", variant="shuffle", seed=1, accuracy=0.9),
+               CellRecord("mlp/digits", IRP_LABEL, "irp", None, 0.9, 0, 0.97, {}, [], irp_density=0.1)]
+    assert summary_metrics(records) == pytest.approx({  # means only: no std, so no std 0 for one IRP chain
+        "mean.mlp/digits.snip/iter20 at alloc:synflow plus shuffle.0.9": 0.85, "mean.mlp/digits.irp.0.9": 0.97})
 
 
 def test_report_files_state_the_recipe_and_regenerate(tmp_path):

@@ -56,9 +56,9 @@ class DummyStage(Stage):
     def summary(self, job: Job, record: dict) -> str:
         return f"greeted {record['greeted']}"
 
-    def track(self, job: Job, record: dict, store: StageStore) -> TrackedRun:
-        return TrackedRun(name=job.label, tags={"stage": self.kind}, params={"name": job.config.name},
-                          metrics={"greetings": 1.0})
+    def track(self, job: Job, record: dict, store: StageStore) -> list[TrackedRun]:
+        return [TrackedRun(name=job.label, tags={"stage": self.kind}, params={"name": job.config.name},
+                           metrics={"greetings": 1.0})]
 
 
 @pytest.fixture

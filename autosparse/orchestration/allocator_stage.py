@@ -53,6 +53,6 @@ class AllocatorStage(Stage):
         metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(record["metrics"].items()))
         return f"allocator {job.label}: {metrics or 'no IRP round near 5/2/1% density to score'}"
 
-    def track(self, job: Job, record: dict, store: StageStore) -> TrackedRun:
-        return TrackedRun(name=job.label, tags={"stage": "allocator", **job.tags}, params=params_of(job.config),
-                          metrics=record["metrics"], artifacts=[store.output("allocator", job.digest) / ALLOCATOR_FILE])
+    def track(self, job: Job, record: dict, store: StageStore) -> list[TrackedRun]:
+        return [TrackedRun(name=job.label, tags={"stage": "allocator", **job.tags}, params=params_of(job.config),
+                           metrics=record["metrics"], artifacts=[store.output("allocator", job.digest) / ALLOCATOR_FILE])]

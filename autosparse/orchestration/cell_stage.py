@@ -22,7 +22,7 @@ from .allocator_stage import ALLOCATOR_FILE, allocator_for
 from .scorer_stage import SCORER_FILE, scorer_for
 from .stage import Job, Runner, Stage, execute_job, gather, progress_bar, register_stage
 from .store import StageStore
-from .tracking import TrackedRun, params_of
+from .tracking import NO_VARIANT, TrackedRun, params_of, point_name
 
 RESULT_FILE = "result.json"
 MASK_FILE = "mask.pt"
@@ -43,12 +43,12 @@ def method_facts(method: Method) -> dict:
 
 def cell_job(spec: CellSpec, inputs: tuple[str, ...], extras: dict) -> Job:
     method = spec.pruning
-    tags = {"target.model": spec.target.model, "target.dataset": spec.target.dataset, "method": spec.method,
+    tags = {"target": spec.target.pair, "target.model": spec.target.model, "target.dataset": spec.target.dataset,
+            "method": spec.label, "variant": spec.variant or NO_VARIANT,
             "criterion": method.criterion if method else DENSE,
             "scorer.name": method.scorer_name if method else None, "allocation": method.allocation if method else None,
-            "label": spec.label, "variant": spec.variant, "init": spec.init, "sparsity": spec.sparsity,
-            "seed": spec.seed}
-    return Job("cell", spec, inputs, f"{spec.target.pair} {spec.label} s={spec.sparsity} seed={spec.seed}", extras, tags)
+            "init": spec.init, "sparsity": spec.sparsity, "seed": spec.seed}
+    return Job("cell", spec, inputs, point_name(spec.label, spec.sparsity, spec.seed, spec.target.pair), extras, tags)
 
 
 def target_cells(config: PipelineConfig, target: ModelOnData) -> list[Job]:
@@ -176,12 +176,12 @@ class CellStage(Stage):
                 record.update({"label": job.label, "config": to_dict(job.config), "inputs": list(job.inputs),
                                **self.write(result, folder)})
 
-    def track(self, job: Job, record: dict, store: StageStore) -> TrackedRun:
+    def track(self, job: Job, record: dict, store: StageStore) -> list[TrackedRun]:
         spec: CellSpec = job.config
         result = record["result"]
         folder = store.output("cell", job.digest)
         densities = "\n".join(f"{name}\t{d:.6f}" for name, d in result["layer_densities"].items())
-        return TrackedRun(
+        return [TrackedRun(
             name=job.label,
             tags={"stage": "cell", **{k: v for k, v in job.tags.items() if k != "gpus"}},
             params=params_of(spec),
@@ -195,5 +195,5 @@ class CellStage(Stage):
             artifacts=[folder / MASK_FILE] if (folder / MASK_FILE).is_file() else [],
             texts={"layer_densities.tsv": f"layer\tdensity\n{densities}\n"} if densities else {},
             start_ms=int(result["started"] * 1000), end_ms=int(result["finished"] * 1000),
-        )
+        )]
 

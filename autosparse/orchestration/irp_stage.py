@@ -20,17 +20,19 @@ from ..irp import IRPState, chain_features, check_schedule, run_irp, survival_me
 from ..masks import broadcast_mask
 from ..models import build_model
 from ..recipes import train_config
+from ..report import IRP_LABEL, irp_reference_records
 from ..schema import ConfigError, from_dict, to_dict
 from ..survival import write_survival
 from ..training import Shard
 from .stage import STAGES, Job, Runner, Stage, execute_job, node_id, register_stage
 from .store import StageStore
-from .tracking import TrackedRun, params_of
+from .tracking import NO_VARIANT, TrackedRun, params_of, point_name
 
 STATE_FILE = "irp_state.pt"
 CLUSTER_POLL_SECONDS = 2.0  # how often the IRP stage re-reads the cluster's CPUs for chains still waiting
 CHAIN_TAG = "chain"  # when (start and end of its training run) and where a chain trained, for its feature task
 SURVIVAL_FILE = "survival.parquet"
+SPARSITIES_TAG = "reference.sparsities"  # a reference chain's matrix sparsities: one MLflow point run each
 ARTIFACT_LIMIT = 50 * 2**20
 
 
@@ -69,7 +71,8 @@ def reference_chains(config: PipelineConfig) -> list[Job]:
     return [chain_job(IRPChainConfig(t.model, t.dataset, matrix.seeds[0], irp,
                                      train_config(t.dataset, t.model, matrix.train, "matrix.train"),
                                      config.data.score_batch_size),
-                      {"role": "reference", "target.model": t.model, "target.dataset": t.dataset})
+                      {"role": "reference", "target.model": t.model, "target.dataset": t.dataset,
+                       SPARSITIES_TAG: list(matrix.sparsities)})
             for t in matrix.targets]
 
 
@@ -287,21 +290,37 @@ class IRPStage(Stage):
                   for r in record["history"]]
         return "\n".join(lines)
 
-    def track(self, job: Job, record: dict, store: StageStore) -> TrackedRun:
+    def track(self, job: Job, record: dict, store: StageStore) -> list[TrackedRun]:
+        """The chain's run (its per-round curves), then for a reference chain one run per matrix sparsity: the
+        round the report compares at that sparsity, beside the cells."""
         history, chain = record["history"], record.get("chain")
         survival = survival_path(store, job.digest)
         small = survival.stat().st_size <= ARTIFACT_LIMIT
-        return TrackedRun(
+        times = dict(start_ms=int(chain["started"] * 1000) if chain else None,
+                     end_ms=int(chain["finished"] * 1000) if chain else None)
+        tags = {k: v for k, v in job.tags.items() if k != SPARSITIES_TAG}
+        runs = [TrackedRun(
             name=f"irp {job.label}",
-            tags={"stage": "irp", "seed": job.config.seed, **job.tags},
+            tags={"stage": "irp", "seed": job.config.seed, **tags},
             params=params_of(job.config),
             metrics={"final_density": history[-1]["density"], "final_test_accuracy": history[-1]["test_accuracy"]},
-            curves={"test_accuracy": [r["test_accuracy"] for r in history], "density": [r["density"] for r in history],
-                    "round_seconds": [r["seconds"] for r in history]},
+            curves={"round_test_accuracy": [r["test_accuracy"] for r in history],
+                    "round_density": [r["density"] for r in history], "round_seconds": [r["seconds"] for r in history]},
             artifacts=[survival] if small else [],
             texts={"irp_rounds.txt": self.summary(job, record),
                    **({} if small else {"survival_location.txt": store.uri("irp", job.digest, SURVIVAL_FILE) + "\n"})},
-            start_ms=int(chain["started"] * 1000) if chain else None,
-            end_ms=int(chain["finished"] * 1000) if chain else None,
-        )
-
+            **times,
+        )]
+        target = job.config.pair
+        for point in irp_reference_records(target, history, job.tags.get(SPARSITIES_TAG, []), job.config.seed):
+            runs.append(TrackedRun(
+                name=point_name(IRP_LABEL, point.sparsity, point.seed, target),
+                tags={"stage": "irp", "role": "reference_point", "target": target, "target.model": job.config.model,
+                      "target.dataset": job.config.dataset, "method": IRP_LABEL, "variant": NO_VARIANT,
+                      "init": job.config.irp.init, "sparsity": point.sparsity, "seed": point.seed},
+                params={},
+                metrics={"test_accuracy": point.accuracy, "sparsity": 1 - point.irp_density, "density": point.irp_density},
+                part=f"sparsity {point.sparsity}",
+                **times,
+            ))
+        return runs

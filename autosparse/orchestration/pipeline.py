@@ -18,23 +18,24 @@ from ..scorer import SCORER_NETWORKS
 from .runtime import RunOptions
 from .stage import STAGES, Job, Runner, ordered_stages
 from .store import StageStore
-from .tracking import ARTIFACTS_FOLDER, Tracker, default_tracking_uri, params_of
+from .tracking import ARTIFACTS_FOLDER, DESCRIPTION_TAG, TrackedRun, Tracker, default_tracking_uri, params_of
 
-EXPERIMENT_DESCRIPTION = """autosparse pipeline `{name}`: learned pruning at initialization, one child run per job.
+EXPERIMENT_DESCRIPTION = """autosparse pipeline `{name}`: learned pruning at initialization. The answer is in the parent run `{name}`: its description, and `report.md` among its artifacts.
 
-- `tags.stage = 'cell'`: one target network pruned by one method at one sparsity and seed, then trained.
-  Tags: `target.model`, `target.dataset`, `method` (as in the config, e.g. `snip/iter20@alloc:learned`),
-  `criterion`, `allocation`, `label` (method plus sanity variant), `variant`, `init` (the sparse init of the
-  kept weights), `sparsity`, `seed`. Metrics: `test_accuracy`, `sparsity`, `density`, `collapsed_layers`,
-  `init_logit_std` and `init_grad_norm` (the signal at init: about 0 means the cell could not train),
-  per-epoch `epoch_train_loss`.
-  `method = 'dense'` cells are the dense references.
-- `tags.stage = 'irp'`: IRP chains (`role` source or reference; references carry `target.*` tags).
-- `tags.stage = 'scorer'` / `'allocator'`: what AutoS learned, from which `sources`.
-- The parent run holds the report (tables, plots) and the summary as metrics (`mean.<target>.<label>.<sparsity>`).
+Compare methods (values are fractions: 0.963 is 96.3%): search `tags.target = 'mlp/digits' and tags.sparsity = '0.98'`,
+group by Tags > `method` (one group per arm; its row shows the mean over seeds), show Metrics > `test_accuracy`.
 
-Compare methods: filter `tags.stage = 'cell' and tags.`target.dataset` = 'digits' and metrics.sparsity >= 0.98`,
-group by `method`, show `test_accuracy`; the compare page plots several runs' curves side by side."""
+- Every run with metrics `test_accuracy` and `sparsity` is one point: a matrix cell (`tags.stage = 'cell'`: one target
+  pruned by one method at one sparsity and seed, then trained) or an IRP reference (`tags.method = 'irp'`: the round
+  of the target's own IRP chain closest to that sparsity; its `sparsity` metric is that round's real sparsity).
+- Tags: `method` (the arm: method, sanity variant and sparse init, e.g. `autos:paper+shuffle`; runs sharing it are one
+  arm), `variant` (`none` for plain cells), `target`, `sparsity`, `seed`, `init`, `criterion`, `allocation`.
+  Cells with `method = 'dense'` are the dense references. Metrics `init_logit_std`, `init_grad_norm`: the signal
+  at init (about 0: the cell could not train); per-epoch `epoch_train_loss`.
+- `tags.stage = 'irp'` with `role` source or reference: IRP chains; `'scorer'` / `'allocator'`: what AutoS learned.
+  A run's description links the runs it was made from.
+- The parent's metrics: `mean.<target>.<label>.<sparsity>`, `autos_minus_best_control.` and `autos_minus_irp.`,
+  where a label's `@` is written ` at ` and `+` ` plus `."""
 
 
 def validate_names(config: PipelineConfig) -> None:
@@ -104,7 +105,8 @@ class Pipeline:
             self.tracker = Tracker(self.tracking_uri, f"autosparse-{self.config.name}", self.digest,
                                    params_of(self.config), {"pipeline.name": self.config.name},
                                    artifact_root=self.store.uri(ARTIFACTS_FOLDER),
-                                   description=EXPERIMENT_DESCRIPTION.format(name=self.config.name))
+                                   description=EXPERIMENT_DESCRIPTION.format(name=self.config.name),
+                                   run_name=self.config.name)
         return self.tracker
 
     def ensure_ray(self) -> None:
@@ -173,23 +175,34 @@ class Pipeline:
         tracker.finish("FINISHED")
         return result
 
+    def log(self, kind: str, job: Job, record: dict, tracked: TrackedRun) -> None:
+        """Log one child run, with its real times and links to the runs it read: the runs of the job's inputs
+        (its scorer, allocator, chains), or for a part of a job, the job's own run."""
+        tracked.start_ms = tracked.start_ms or int(record.get("started", 0) * 1000) or None
+        tracked.end_ms = tracked.end_ms or int(record.get("finished", 0) * 1000) or None
+        tracked.tags.setdefault("ray.node_id", record.get("node"))
+        read = [(kind, job.digest)] if tracked.part else [(self.kind_of.get(d), d) for d in job.inputs]
+        links = []
+        for input_kind, digest in read:
+            run_id = self.tracker.run_id_of(digest)
+            if input_kind and run_id:
+                tracked.tags[f"{input_kind}.run_id"] = run_id
+                links.append(f"- {input_kind} [{digest}]({self.tracker.link(run_id)})")
+        if links:
+            description = tracked.tags.get(DESCRIPTION_TAG)
+            tracked.tags[DESCRIPTION_TAG] = "\n\n".join(
+                filter(None, [description, "Made from these runs (links open in a new tab):", "\n".join(links)]))
+        self.tracker.log_stage(job.digest, tracked)
+
     def record(self, stage, job: Job, echo: bool) -> None:
         """Print a job's summary (when it ran now) and log it to MLflow once."""
         record = self.store.record(stage.kind, job.digest)
         line = stage.summary(job, record)
         if echo and line and stage.kind != "report":
             self.echo(line)
-        if not self.tracker.has_stage(job.digest):
-            tracked = stage.track(job, record, self.store)
-            if tracked is not None:
-                tracked.start_ms = tracked.start_ms or int(record.get("started", 0) * 1000) or None
-                tracked.end_ms = tracked.end_ms or int(record.get("finished", 0) * 1000) or None
-                tracked.tags.setdefault("ray.node_id", record.get("node"))
-                for digest in job.inputs:  # link the runs this job read (its scorer, allocator, chains)
-                    kind, run_id = self.kind_of.get(digest), self.tracker.run_id_of(digest)
-                    if kind and run_id:
-                        tracked.tags[f"{kind}.run_id"] = run_id
-                self.tracker.log_stage(job.digest, tracked)
+        for tracked in stage.track(job, record, self.store):
+            if not self.tracker.has_stage(job.digest, tracked.part):
+                self.log(stage.kind, job, record, tracked)
         parent = stage.parent_logging(job, record, self.store)
         if parent is not None:
             self.tracker.log_parent(parent)

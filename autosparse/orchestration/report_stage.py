@@ -14,7 +14,7 @@ from .cell_stage import MASK_FILE
 from .irp_stage import reference_chains
 from .stage import Job, Runner, Stage, execute_job, register_stage
 from .store import StageStore
-from .tracking import TrackedRun
+from .tracking import DESCRIPTION_TAG, TAG_LIMIT, TrackedRun
 
 
 @dataclass
@@ -85,6 +85,13 @@ class ReportStage(Stage):
         return record["table"]
 
     def parent_logging(self, job: Job, record: dict, store: StageStore) -> TrackedRun:
+        """The report's files and summary metrics, and a description that points to `report.md` and, where it
+        fits, holds its accuracy tables."""
         folder = store.output("report", job.digest)
-        return TrackedRun(name="report", tags={}, params={}, metrics=record["summary"],
+        description = (f"**The answer: `report.md`** among this run's artifacts (also at "
+                       f"`{store.uri('report', job.digest, 'report.md')}`): test accuracy in % per method and sparsity, "
+                       "AutoS against the best control and IRP, which cells did not train, and the plots.\n")
+        if len(description) + len(record["table"]) < TAG_LIMIT:
+            description += record["table"]
+        return TrackedRun(name="report", tags={DESCRIPTION_TAG: description}, params={}, metrics=record["summary"],
                           artifacts=[folder / name for name in record["files"]])

@@ -89,13 +89,13 @@ class ScorerStage(Stage):
         metrics = ", ".join(f"{k} {v:.3f}" for k, v in record["metrics"].items() if k != "epoch")
         return f"AutoS scorer {job.label}: {record['epochs']} epochs; validation {metrics}"
 
-    def track(self, job: Job, record: dict, store: StageStore) -> TrackedRun:
+    def track(self, job: Job, record: dict, store: StageStore) -> list[TrackedRun]:
         history = json.loads((store.output("scorer", job.digest) / HISTORY_FILE).read_text())
         keys = sorted({k for epoch in history for k in epoch})
-        return TrackedRun(
+        return [TrackedRun(
             name=f"scorer {job.label}", tags={"stage": "scorer", **job.tags},
             params=params_of(job.config) | application_params(job.config),
             metrics={f"best_{k}": v for k, v in record["metrics"].items()} | {"epochs": record["epochs"]},
             curves={f"val_{k}": [e[k] for e in history if k in e] for k in keys},
             artifacts=[store.output("scorer", job.digest) / SCORER_FILE],
-        )
+        )]

@@ -95,9 +95,9 @@ class Stage:
         gather([task.remote(job.to_data(), runner.store.location, to_dict(runner.data), int(self.task_cpus))
                 for job in jobs])
 
-    def track(self, job: Job, record: dict, store: StageStore) -> Optional[TrackedRun]:
-        """The job's MLflow child run (None: no child run)."""
-        return None
+    def track(self, job: Job, record: dict, store: StageStore) -> list[TrackedRun]:
+        """The job's MLflow child runs: its own run, then any runs of its parts (none: no child run)."""
+        return []
 
     def parent_logging(self, job: Job, record: dict, store: StageStore) -> Optional[TrackedRun]:
         """Metrics and artifacts the job adds to the pipeline's parent run (None: nothing)."""

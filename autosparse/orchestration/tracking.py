@@ -15,14 +15,18 @@ from ..schema import flatten
 from ..storage import storage_error
 
 ARTIFACTS_FOLDER = "mlflow-artifacts"
+DESCRIPTION_TAG = "mlflow.note.content"  # a run's or experiment's description in the UI (Markdown)
+NO_VARIANT = "none"  # the `variant` tag of a run that is no sanity check
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 PARAM_LIMIT = 6000
+TAG_LIMIT = 8000  # characters of a tag value (a description included)
 
 
 @dataclass
 class TrackedRun:
-    """What MLflow shows for a finished job (one child run of the pipeline's parent run)."""
+    """What MLflow shows for a finished job: one child run of the pipeline's parent run, or with `part` set,
+    one of several (the IRP reference chain's point at each matrix sparsity)."""
 
     name: str
     tags: dict[str, Any]
@@ -33,6 +37,7 @@ class TrackedRun:
     texts: dict[str, str] = field(default_factory=dict)
     start_ms: Optional[int] = None
     end_ms: Optional[int] = None
+    part: str = ""
 
 
 class TrackingUnavailableError(UserError):
@@ -115,6 +120,27 @@ def relocate_artifacts(uri: str, root: str) -> int:
     return moved
 
 
+def runs_table_links(uri: str, address: str) -> dict[str, str]:
+    """Per autosparse experiment of a SQLite store, a link into its runs table in the UI at `address`: the
+    machine-learning view (MLflow 3 opens an experiment on its GenAI pages), best test accuracy first."""
+    import sqlite3
+    from urllib.parse import urlencode
+
+    path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+    if not os.path.isfile(path):
+        return {}
+    view = urlencode({"workflowType": "machine_learning", "orderByKey": "metrics.`test_accuracy`", "orderByAsc": "false"})
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = connection.execute("SELECT experiment_id, name FROM experiments WHERE lifecycle_stage = 'active' "
+                                  "AND name LIKE 'autosparse-%' ORDER BY experiment_id").fetchall()
+    except sqlite3.DatabaseError:
+        return {}  # not an MLflow store (yet)
+    finally:
+        connection.close()
+    return {name: f"{address}/#/experiments/{experiment_id}/runs?{view}" for experiment_id, name in rows}
+
+
 def _chunks(items: list, size: int) -> Iterable[list]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -123,6 +149,17 @@ def _chunks(items: list, size: int) -> Iterable[list]:
 def params_of(config: Any) -> dict[str, str]:
     """Flattened config as MLflow params (values stringified and capped at MLflow's limit; None left out)."""
     return {key: str(value)[:PARAM_LIMIT] for key, value in flatten(config).items() if value is not None}
+
+
+def point_name(label: str, sparsity: float, seed: int, target: str) -> str:
+    """The run name of one method's point: `snip/iter20@alloc:synflow 98% seed1 mlp/digits` (the method first:
+    the UI's narrow name column cuts the end)."""
+    return f"{label} {100 * sparsity:g}% seed{seed} {target}"
+
+
+def run_key(digest: str, part: str) -> str:
+    """A logged run's identity: its job's hash, and the part of the job it shows (if any)."""
+    return f"{digest}/{part}" if part else digest
 
 
 def now_ms() -> int:
@@ -135,7 +172,7 @@ class Tracker:
 
     @guarded
     def __init__(self, uri: str, experiment: str, pipeline_hash: str, params: dict[str, str], tags: dict[str, str],
-                 artifact_root: Optional[str] = None, description: str = ""):
+                 artifact_root: Optional[str] = None, description: str = "", run_name: Optional[str] = None):
         self.uri = uri
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -154,20 +191,21 @@ class Tracker:
             full = storage_error(error, uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
             raise full or TrackingUnavailableError(f"cannot use MLflow at {uri!r}: {str(error).splitlines()[0][:200]}") from None
         if description:
-            self.client.set_experiment_tag(self.experiment_id, "mlflow.note.content", description)
+            self.client.set_experiment_tag(self.experiment_id, DESCRIPTION_TAG, description)
+        run_name = run_name or f"pipeline-{pipeline_hash[:8]}"
         existing = self._search(f"tags.`pipeline.hash` = '{pipeline_hash}' and tags.`autosparse.kind` = 'pipeline'")
         if existing:
             self.parent_id = existing[0].info.run_id
-            self.client.update_run(self.parent_id, status="RUNNING")
+            self.client.update_run(self.parent_id, status="RUNNING", name=run_name)
         else:
-            run = self.client.create_run(self.experiment_id, run_name=f"pipeline-{pipeline_hash[:8]}",
+            run = self.client.create_run(self.experiment_id, run_name=run_name,
                                          tags={"pipeline.hash": pipeline_hash, "autosparse.kind": "pipeline", **tags})
             self.parent_id = run.info.run_id
             self._log_params(self.parent_id, params)
         self._logged: dict[str, str] = {}
         for run in self._search("tags.`autosparse.kind` = 'stage'"):
             if run.info.status == "FINISHED":
-                self._logged[run.data.tags["stage.hash"]] = run.info.run_id
+                self._logged[run_key(run.data.tags["stage.hash"], run.data.tags.get("stage.part", ""))] = run.info.run_id
             else:  # half-logged by a driver that was killed: log the stage again from scratch
                 self.client.delete_run(run.info.run_id)
 
@@ -189,8 +227,12 @@ class Tracker:
         for chunk in _chunks(entries, MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=chunk)
 
-    def has_stage(self, digest: str) -> bool:
-        return digest in self._logged
+    def has_stage(self, digest: str, part: str = "") -> bool:
+        return run_key(digest, part) in self._logged
+
+    def link(self, run_id: str) -> str:
+        """A Markdown link target to a run, relative to the UI's address (it opens in a new tab)."""
+        return f"#/experiments/{self.experiment_id}/runs/{run_id}"
 
     @guarded
     def log_stage(self, digest: str, tracked: TrackedRun) -> str:
@@ -198,6 +240,7 @@ class Tracker:
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         tags = {MLFLOW_PARENT_RUN_ID: self.parent_id, "autosparse.kind": "stage", "stage.hash": digest,
+                **({"stage.part": tracked.part} if tracked.part else {}),
                 **{k: str(v) for k, v in tracked.tags.items() if v is not None}}
         start = tracked.start_ms or now_ms()
         run_id = self.client.create_run(self.experiment_id, run_name=tracked.name, tags=tags, start_time=start).info.run_id
@@ -208,7 +251,7 @@ class Tracker:
         for file_name, text in tracked.texts.items():
             self.client.log_text(run_id, text, file_name)
         self.client.set_terminated(run_id, end_time=tracked.end_ms or now_ms())
-        self._logged[digest] = run_id
+        self._logged[run_key(digest, tracked.part)] = run_id
         return run_id
 
     def run_id_of(self, digest: str) -> Optional[str]:
@@ -217,7 +260,9 @@ class Tracker:
 
     @guarded
     def log_parent(self, tracked: TrackedRun) -> None:
-        """Artifacts and metrics of the pipeline's parent run (a summary logged again replaces the last)."""
+        """Tags, artifacts and metrics of the pipeline's parent run (a summary logged again replaces the last)."""
+        for key, value in tracked.tags.items():
+            self.client.set_tag(self.parent_id, key, str(value))
         for path in tracked.artifacts:
             self.client.log_artifact(self.parent_id, str(path))
         self._log_metrics(self.parent_id, tracked.metrics, tracked.curves, now_ms())

@@ -4,7 +4,7 @@ The core (this namespace) is pure PyTorch:
 
     mask = autosparse.prune(model, sparsity=0.95, method="snip", data=(x, y))
     mask = autosparse.prune(model, 0.98, "snip", (x, y), steps=20, allocation="synflow")
-    autosparse.apply_mask(model, mask, init="unit_fan_in")  # kept weights rescaled to each unit's dense norm
+    autosparse.apply_mask(model, mask, init="calibrated", inputs=x)  # kept weights: the dense net's signal
 """
 from .criteria import CRITERIA
 from .data import DATASETS, load_dataset

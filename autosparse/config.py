@@ -35,10 +35,11 @@ CONDITIONAL_STEPS = 20
 # of the gradient cost of all 256. Validation sources, seeds 10-13: 84.1% vs 83.8% with the whole batch
 # (paired difference +0.3 +- 0.6 over 32 cells); it brings AutoS on ResNet-18 within 2x SynFlow's time.
 CONDITIONAL_STEP_BATCH = 64
-# The sparse init of every matrix cell and IRP reference (autosparse/sparse_init.py): the kept weights of each
-# unit rescaled to its dense squared norm. Chosen leave-one-source-out on the validation sources (BENCHMARKS.md,
-# "Choosing the sparse init").
-DEFAULT_INIT = "unit_fan_in"
+# The sparse init of every matrix cell and IRP reference (autosparse/sparse_init.py): each unit's kept weights
+# rescaled to its dense squared norm, then each layer's output spread on the scoring batch matched to the dense
+# network's. Chosen on the validation sources and the deep validation architectures (BENCHMARKS.md, "Choosing
+# the sparse init").
+DEFAULT_INIT = "calibrated"
 
 
 def _positive(value: float, key: str) -> None:

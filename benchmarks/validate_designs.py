@@ -135,7 +135,9 @@ def main() -> None:
     parser = leave_one_out_arguments(__doc__.splitlines()[0], "benchmarks/results/validation")
     parser.add_argument("--designs", default=",".join(DESIGNS), help="comma-separated subset of the designs")
     parser.add_argument("--inits", default=ORIGINAL, help="comma-separated sparse inits (autosparse/sparse_init.py)")
-    parser.add_argument("--held", default=None, help="comma-separated held-out pairs (default: every source)")
+    parser.add_argument("--held", default=None, help="comma-separated held-out pairs (default: every source); "
+                        "validation_architectures:<class>/<dataset> for a deep validation network")
+    parser.add_argument("--report", default="validation.md", help="the table's file name in --out")
     args = parser.parse_args()
     designs, inits = args.designs.split(","), args.inits.split(",")
     unknown = sorted(set(designs) - set(DESIGNS))
@@ -179,9 +181,11 @@ def main() -> None:
                         handle.write(json.dumps(row) + "\n")
                     print(f"{held:18s} {row_label(design, init):60s} {sparsity:.2f} seed {seed}: "
                           f"{100 * row['accuracy']:.1f}", flush=True)
-    text = (f"Leave-one-source-out over the sources of `{Path(args.config).name}`; validation seeds {args.seeds}; "
-            "test accuracy in %, mean over seeds.\n\n" + table(rows))
-    atomic_write(out / "validation.md", lambda tmp: Path(tmp).write_text(text))
+    held = args.held.split(",") if args.held else pairs
+    text = (f"Held out: {', '.join(held)} (designs fitted on the sources of `{Path(args.config).name}` other than "
+            f"the held-out pair); validation seeds {args.seeds}; test accuracy in %, mean over seeds.\n\n"
+            + table([row for row in rows if row["held_out"] in held]))
+    atomic_write(out / args.report, lambda tmp: Path(tmp).write_text(text))
     print(text)
 
 

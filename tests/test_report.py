@@ -9,6 +9,7 @@ from autosparse.config import DEFAULT_INIT, TrainConfig
 from autosparse.report import (FLAG_COLLAPSED, FLAG_UNTRAINED, IRP_LABEL, CellRecord, ReportContext, margin_table,
                                margins, markdown_table, regenerate_reports, summarize, summary_metrics,
                                untrained_table, write_report)
+from autosparse.sparse_init import SPARSE_INITS
 
 
 def record(target="mlp/digits", label="snip", sparsity=0.9, seed=0, accuracy=0.9, collapsed=(), initial=2.3,
@@ -83,7 +84,8 @@ def test_report_files_state_the_recipe_and_regenerate(tmp_path):
     table, files = write_report(records, folder, "t", context)
     text = (folder / "report.md").read_text()
     assert "## Recipes" in text and "| mlp/digits | 60 | 64 | sgd (momentum 0.9) | 0.1 | cosine |" in text
-    assert f"Sparse init (autosparse/sparse_init.py): `{DEFAULT_INIT}`: kept weights rescaled" in text
+    assert (f"Sparse init (autosparse/sparse_init.py): `{DEFAULT_INIT}`: "
+            f"{SPARSE_INITS.get(DEFAULT_INIT).description}." in text)
     assert {f.name for f in files} >= {"report.md", "results.csv", "records.json", "accuracy_vs_sparsity.png"}
     ((path, again),) = regenerate_reports(tmp_path)
     assert path == folder and again == table

@@ -212,15 +212,22 @@ class Margin:
     best: Optional[Summary]
     irp: Optional[Summary]
     best_trained: Optional[Summary] = None  # the best control by its trained seeds only
+    dense: Optional[Summary] = None  # the target's dense reference
 
     @property
     def over_best(self) -> float:
         return self.autos.mean - self.best.mean if self.best else math.nan
 
     @property
+    def dense_failed(self) -> bool:
+        """The dense reference itself did not train in some seed: the recipe fails the target."""
+        return self.dense is not None and self.dense.untrained > 0
+
+    @property
     def protocol_failure(self) -> bool:
-        """No control trained in any seed: the pair measures the protocol, not the masks."""
-        return self.best is not None and self.best_trained is None
+        """No control trained in any seed, or the dense reference did not train: the pair measures the
+        protocol, not the masks."""
+        return self.best is not None and (self.best_trained is None or self.dense_failed)
 
     @property
     def from_trainability(self) -> bool:
@@ -231,6 +238,8 @@ class Margin:
 
     @property
     def note(self) -> str:
+        if self.protocol_failure and self.dense_failed:
+            return f"protocol failure: the dense reference did not train in {self.dense.untrained} seeds"
         if self.protocol_failure:
             return "protocol failure: no control trained"
         if self.from_trainability:
@@ -259,7 +268,7 @@ def margins(summaries: list[Summary], records: list[CellRecord]) -> list[Margin]
         trained = [c for c in candidates if c.trained_mean is not None]
         best_trained = max(trained, key=lambda c: c.trained_mean) if trained else None
         out.append(Margin(s.target, s.label, s.sparsity, s, best, keyed.get((s.target, IRP_LABEL, s.sparsity)),
-                          best_trained))
+                          best_trained, next((d for d in summaries if d.target == s.target and d.label == DENSE), None)))
     return out
 
 
@@ -270,9 +279,9 @@ def margin_table(items: list[Margin]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for m in sorted(items, key=lambda m: (m.target, m.label, m.sparsity)):
         best = f"{m.best.label} {_cell_text(m.best)}" if m.best else ""
-        irp = f"{100 * m.irp.mean:.1f}" if m.irp else ""
+        irp, gap = (f"{100 * m.irp.mean:.1f}", f"{100 * m.to_irp:+.1f}") if m.irp else ("", "")
         lines.append(f"| {m.target} | {m.sparsity:.0%} | {m.label} | {_cell_text(m.autos)} | {best} | "
-                     f"{100 * m.over_best:+.1f} | {irp} | {100 * m.to_irp:+.1f} | {m.note} |")
+                     f"{100 * m.over_best:+.1f} | {irp} | {gap} | {m.note} |")
     return "\n".join(lines) + "\n"
 
 

@@ -123,6 +123,19 @@ def test_a_pair_where_no_control_trains_is_a_protocol_failure_not_a_win():
     assert "protocol failure" in margin_table([margin])
 
 
+def test_a_target_whose_dense_reference_did_not_train_is_a_protocol_failure():
+    """A recipe that fails the dense network (here in 1 of 2 seeds) makes every margin of the target moot, even
+    where a control happened to train; without an IRP reference the gap to IRP is left empty, not nan."""
+    records = [record(label="dense", sparsity=0.0, seed=0, accuracy=0.95), untrained("dense", 1, sparsity=0.0),
+               record(label="synflow", accuracy=0.60), record(label="autos:c", accuracy=0.30)]
+    (margin,) = margins(summarize(records), records)
+    assert margin.protocol_failure and margin.note == "protocol failure: the dense reference did not train in 1 seeds"
+    row = margin_table([margin]).splitlines()[2]
+    assert "nan" not in row and "| -30.0 |  |  | protocol failure" in row
+    healthy = [record(label="dense", sparsity=0.0, accuracy=0.95), *records[2:]]
+    assert not margins(summarize(healthy), healthy)[0].protocol_failure
+
+
 def test_a_margin_that_comes_from_trainability_is_named():
     records = [record(label="synflow", seed=0, accuracy=0.95), untrained("synflow", 1),
                record(label="autos:c", seed=0, accuracy=0.90), record(label="autos:c", seed=1, accuracy=0.90)]

@@ -75,12 +75,16 @@ class CellRecord:
         """A PaI baseline: neither dense, IRP, AutoS nor a sanity variant."""
         return self.variant is None and self.method not in (DENSE, "irp") and not self.is_autos
 
-    def did_not_train(self) -> bool:
-        """Loss stuck near its start, or chance accuracy, while no layer collapsed."""
-        if self.collapsed or self.method == "irp" or not self.num_classes:
+    def stuck(self) -> bool:
+        """Loss stuck near its start, or chance accuracy, whether or not a layer collapsed."""
+        if self.method == "irp" or not self.num_classes:
             return False
         stuck = math.isfinite(self.initial_loss) and self.final_loss >= NO_PROGRESS * self.initial_loss
         return stuck or self.accuracy <= CHANCE_FACTOR / self.num_classes
+
+    def did_not_train(self) -> bool:
+        """Stuck while no layer collapsed (a collapsed cell is a bad mask, not a failed start)."""
+        return not self.collapsed and self.stuck()
 
 
 @dataclass
@@ -103,7 +107,8 @@ class Summary:
     untrained: int = 0
     irp_density: Optional[float] = None
     init: str = ORIGINAL
-    trained_mean: Optional[float] = None  # over the seeds that trained (no collapse, loss moved): None if none
+    trained_mean: Optional[float] = None  # over the seeds that learned (loss moved, above chance; a residual
+    # net may learn through its skip connection with a branch collapsed): None if none
     untrained_logit_std: Optional[float] = None  # mean logit std at init of the seeds that did not train
 
 
@@ -125,12 +130,12 @@ def summarize(records: list[CellRecord]) -> list[Summary]:
     for (target, label, sparsity), group in sorted(groups.items()):
         values = [r.accuracy for r in group]
         std = statistics.stdev(values) if len(values) > 1 else 0.0
-        trained = [r.accuracy for r in group if r.trained]
+        learned = [r.accuracy for r in group if not r.stuck()]
         untrained_std = [r.logit_std for r in group if r.did_not_train() and math.isfinite(r.logit_std)]
         summaries.append(Summary(target, label, sparsity, statistics.fmean(values), std, len(values),
                                  sum(bool(r.collapsed) for r in group), sum(r.did_not_train() for r in group),
                                  group[0].irp_density, group[0].init,
-                                 statistics.fmean(trained) if trained else None,
+                                 statistics.fmean(learned) if learned else None,
                                  statistics.fmean(untrained_std) if untrained_std else None))
     return summaries
 

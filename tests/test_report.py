@@ -136,6 +136,16 @@ def test_a_target_whose_dense_reference_did_not_train_is_a_protocol_failure():
     assert not margins(summarize(healthy), healthy)[0].protocol_failure
 
 
+def test_a_control_that_learned_with_a_collapsed_layer_is_no_protocol_failure():
+    """SynFlow may prune a residual branch to nothing and learn through the skip connection: collapsed, and
+    still the control to beat."""
+    records = [record(label="synflow", accuracy=0.54, final=1.2, collapsed=["branch"]),
+               record(label="snip", accuracy=0.1, final=2.3, collapsed=["branch"]), record(label="autos:c", accuracy=0.35)]
+    (margin,) = margins(summarize(records), records)
+    assert not margin.protocol_failure and margin.best_trained.label == "synflow"
+    assert margin.over_best == pytest.approx(-0.19)
+
+
 def test_a_margin_that_comes_from_trainability_is_named():
     records = [record(label="synflow", seed=0, accuracy=0.95), untrained("synflow", 1),
                record(label="autos:c", seed=0, accuracy=0.90), record(label="autos:c", seed=1, accuracy=0.90)]

@@ -273,7 +273,7 @@ def margins(summaries: list[Summary], records: list[CellRecord]) -> list[Margin]
         trained = [c for c in candidates if c.trained_mean is not None]
         best_trained = max(trained, key=lambda c: c.trained_mean) if trained else None
         out.append(Margin(s.target, s.label, s.sparsity, s, best, keyed.get((s.target, IRP_LABEL, s.sparsity)),
-                          best_trained, next((d for d in summaries if d.target == s.target and d.label == DENSE), None)))
+                          best_trained, keyed.get((s.target, DENSE, 0.0))))
     return out
 
 

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +96,18 @@ def kept_weight_factors(weight: Tensor, kept: Tensor, init: str) -> Tensor:
     return SPARSE_INITS.get(init).factors(weight, kept.to(weight.dtype))
 
 
+@contextmanager
+def _mode(model: nn.Module, training: bool) -> Iterator[None]:
+    """Every module in training or evaluation mode for the block; each module's own mode is restored after."""
+    modes = {module: module.training for module in model.modules()}
+    model.train(training)
+    try:
+        yield
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
 class _Reached(Exception):
     """Ends a forward pass once the layer being measured has produced its output."""
 
@@ -125,26 +138,21 @@ def output_spreads(model: nn.Module, names: list[str], inputs: Tensor) -> dict[s
         def record(module, args, output, name=name):
             spreads.setdefault(name, _spread(output, module))
         handles.append(module.register_forward_hook(record))
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
     try:
-        model(inputs)
+        with _mode(model, training=False):
+            model(inputs)
     finally:
         for handle in handles:
             handle.remove()
-        for module, mode in modes.items():
-            module.training = mode
     return spreads
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, dense_spreads: dict[str, float], inputs: Tensor) -> dict[str, float]:
+def calibrate(model: nn.Module, dense_spreads: dict[str, float], inputs: Tensor) -> None:
     """Multiply each layer's weight, in forward order, by the factor that makes the spread of its output on
     `inputs` equal its dense spread; a layer whose output carries no spread at all keeps factor 1 (nothing
-    reaches it). Returns the factors."""
-    factors, modes = {}, {module: module.training for module in model.modules()}
-    model.eval()
-    try:
+    reaches it)."""
+    with _mode(model, training=False):
         for name, module in _weight_layers(model, list(dense_spreads)).items():
             measured = []
 
@@ -159,12 +167,8 @@ def calibrate(model: nn.Module, dense_spreads: dict[str, float], inputs: Tensor)
                 pass
             finally:
                 handle.remove()
-            factors[name] = dense_spreads[name] / measured[0] if measured and measured[0] > 0 else 1.0
-            module.weight.mul_(factors[name])
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
-    return factors
+            if measured and measured[0] > 0:
+                module.weight.mul_(dense_spreads[name] / measured[0])
 
 
 @dataclass(frozen=True)
@@ -187,12 +191,9 @@ def signal_at_init(model: nn.Module, inputs: Tensor, targets: Tensor) -> SignalA
     they were (normalization layers update their running statistics once, as in a training step)."""
     from .masks import prunable_parameters
 
-    modes = {module: module.training for module in model.modules()}
-    model.train()
-    logits = model(inputs)
-    loss = F.cross_entropy(logits, targets)
-    grads = torch.autograd.grad(loss, list(prunable_parameters(model).values()), allow_unused=True)
-    for module, mode in modes.items():
-        module.training = mode
+    with _mode(model, training=True):
+        logits = model(inputs)
+        loss = F.cross_entropy(logits, targets)
+        grads = torch.autograd.grad(loss, list(prunable_parameters(model).values()), allow_unused=True)
     grad_norm = math.sqrt(sum(float(g.detach().double().square().sum()) for g in grads if g is not None))
     return SignalAtInit(float(loss.detach()), float(logits.detach().double().std(0).mean()), grad_norm)
